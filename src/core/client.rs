@@ -1,0 +1,534 @@
+//! The client handle: validates every call, then hands work to the client's one driver task over
+//! a bounded channel. Cheap to share; all protocol state lives in the driver.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, Notify};
+
+use crate::core::config::{ClientConfig, QoS, AWS_MAX_FILTERS_PER_SUBSCRIBE};
+use crate::core::driver::Driver;
+use crate::core::error::{DisconnectReason, Error, Result};
+use crate::core::queue::SubscriptionQueue;
+use crate::core::topic::{self, Limits};
+use crate::core::traffic_log::TrafficLog;
+
+/// Completion callback of an operation. Called exactly once, from a tokio thread, unless the
+/// submitting call itself returned an error (then it is dropped uncalled).
+pub type Reply<T> = Box<dyn FnOnce(Result<T>) + Send + 'static>;
+
+/// Connection lifecycle events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A connection was established.
+    Connected {
+        /// CONNACK session-present flag.
+        session_present: bool,
+        /// Whether this was an automatic reconnect.
+        reconnect: bool,
+    },
+    /// A connection ended or a reconnect attempt failed.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+        /// The error, if it was not the application's own `disconnect()`.
+        error: Option<Error>,
+    },
+}
+
+/// Receives lifecycle events (from tokio threads; must not block).
+pub trait EventSink: Send + Sync {
+    /// One event.
+    fn event(&self, event: ClientEvent);
+}
+
+/// Result of a successful `connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// CONNACK session-present flag.
+    pub session_present: bool,
+}
+
+/// Counters, readable at any time.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) inflight: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// PUBLISH packets sent (first transmissions).
+    pub messages_sent: u64,
+    /// PUBLISH packets received.
+    pub messages_received: u64,
+    /// Bytes written to the connection.
+    pub bytes_sent: u64,
+    /// Bytes read from the connection.
+    pub bytes_received: u64,
+    /// Packets waiting for their acknowledgement.
+    pub inflight: u64,
+    /// Operations waiting to be sent.
+    pub queued: u64,
+    /// Messages dropped (full QoS 0 queues, expired fire-and-forget publishes).
+    pub dropped: u64,
+    /// Successful automatic reconnects.
+    pub reconnects: u64,
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+/// Connection state as seen by the handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Not connected by the application (never, or after `disconnect()`).
+    Closed = 0,
+    /// First connection attempt under way.
+    Connecting = 1,
+    /// Connected.
+    Connected = 2,
+    /// Connection lost; reconnecting.
+    Reconnecting = 3,
+    /// `disconnect()` under way.
+    Closing = 4,
+}
+
+impl State {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Connecting,
+            2 => Self::Connected,
+            3 => Self::Reconnecting,
+            4 => Self::Closing,
+            _ => Self::Closed,
+        }
+    }
+}
+
+/// A PUBLISH submitted by the application.
+pub(crate) struct OutPublish {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub reply: Option<Reply<()>>,
+}
+
+/// Work for the driver.
+pub(crate) enum Command {
+    Publish(OutPublish),
+    Subscribe {
+        id: u64,
+        filters: Vec<(String, QoS)>,
+        queue: Arc<SubscriptionQueue>,
+        reply: Reply<Vec<u8>>,
+    },
+    CatchAll {
+        id: u64,
+        queue: Arc<SubscriptionQueue>,
+    },
+    CloseSubscription {
+        id: u64,
+        reply: Option<Reply<()>>,
+    },
+    Unsubscribe {
+        filters: Vec<String>,
+        reply: Reply<()>,
+    },
+    Disconnect {
+        reply: Option<Reply<()>>,
+    },
+}
+
+/// State shared by the handle and the driver. It holds no channel sender, so dropping every
+/// handle closes the command channel and stops the driver.
+pub(crate) struct Shared {
+    pub config: ClientConfig,
+    pub state: AtomicU8,
+    pub session_present: AtomicBool,
+    pub stats: Stats,
+    pub sink: Arc<dyn EventSink>,
+    /// Notified when a consumer brings an over-capacity queue back within capacity.
+    pub space: Arc<Notify>,
+    /// Operations in the command channel (submitted, not yet taken by the driver).
+    pub queued: AtomicUsize,
+    /// Operations in the driver's outbox (waiting for the connection or a packet id).
+    pub outbox_len: AtomicUsize,
+}
+
+impl Shared {
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+/// Capacity of the command channel between handle and driver.
+pub const COMMAND_CAPACITY: usize = 65_536;
+
+/// An MQTT client for AWS IoT Core (or any MQTT 3.1.1 broker).
+pub struct Client {
+    shared: Arc<Shared>,
+    runtime: Handle,
+    commands: Mutex<Option<mpsc::Sender<Command>>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.shared.config.endpoint)
+            .field("port", &self.shared.config.port)
+            .field("client_id", &self.shared.config.client_id)
+            .field("state", &self.shared.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Validates the configuration (including that `log_file` can be written) and creates a
+    /// client that is not connected yet. The driver runs on `runtime`.
+    ///
+    /// # Errors
+    /// Any configuration problem.
+    pub fn new(config: ClientConfig, runtime: Handle, sink: Arc<dyn EventSink>) -> Result<Self> {
+        config.validate()?;
+        if let Some(path) = &config.log_file {
+            TrafficLog::open(path)?;
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                state: AtomicU8::new(State::Closed as u8),
+                session_present: AtomicBool::new(false),
+                stats: Stats::default(),
+                sink,
+                space: Arc::new(Notify::new()),
+                queued: AtomicUsize::new(0),
+                outbox_len: AtomicUsize::new(0),
+            }),
+            runtime,
+            commands: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn commands(&self) -> MutexGuard<'_, Option<mpsc::Sender<Command>>> {
+        self.commands
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The configuration in use.
+    #[must_use]
+    pub fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+
+    /// A fresh id for a subscription queue.
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The connection state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.shared.state()
+    }
+
+    /// Whether a connection is up right now.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.state() == State::Connected
+    }
+
+    /// The session-present flag of the last CONNACK.
+    #[must_use]
+    pub fn session_present(&self) -> bool {
+        self.shared.session_present.load(Ordering::Acquire)
+    }
+
+    /// The space notifier to give to subscription queues of this client.
+    #[must_use]
+    pub fn space_notifier(&self) -> Arc<Notify> {
+        Arc::clone(&self.shared.space)
+    }
+
+    /// A snapshot of the counters.
+    #[must_use]
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.shared.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            messages_sent: get(&s.messages_sent),
+            messages_received: get(&s.messages_received),
+            bytes_sent: get(&s.bytes_sent),
+            bytes_received: get(&s.bytes_received),
+            inflight: get(&s.inflight),
+            queued: u64::try_from(self.waiting()).unwrap_or(u64::MAX),
+            dropped: get(&s.dropped),
+            reconnects: get(&s.reconnects),
+        }
+    }
+
+    /// Starts the driver and the first connection attempt; `reply` gets the CONNACK result.
+    /// Automatic reconnect applies only once a connection has been established.
+    pub fn connect(&self, reply: Reply<ConnectInfo>) {
+        let mut commands = self.commands();
+        let driver_running = commands.as_ref().is_some_and(|tx| !tx.is_closed());
+        if driver_running {
+            drop(commands);
+            reply(Err(Error::InvalidState(
+                "the client is already connected or connecting; call disconnect() first".into(),
+            )));
+            return;
+        }
+        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+        *commands = Some(tx);
+        self.shared.set_state(State::Connecting);
+        self.shared.session_present.store(false, Ordering::Release);
+        let driver = Driver::new(Arc::clone(&self.shared), rx);
+        self.runtime.spawn(driver.run(reply));
+    }
+
+    /// Operations submitted and not yet sent.
+    fn waiting(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed) + self.shared.outbox_len.load(Ordering::Relaxed)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match self.state() {
+            State::Closed | State::Closing => Err(Error::Closed(
+                "the client is not connected: call connect() (or use 'async with client') first"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn offline_checks(&self, qos0_publish: bool) -> Result<()> {
+        if self.state() == State::Connected {
+            return Ok(());
+        }
+        let q = self.shared.config.offline_queue;
+        if qos0_publish && !q.qos0 {
+            return Err(Error::Disconnected(
+                "the connection is down and QoS 0 publishes are not queued offline (OfflineQueue(qos0=True) queues them)".into(),
+            ));
+        }
+        if self.waiting() >= q.limit {
+            return Err(Error::QueueFull(format!(
+                "the offline queue is full ({} operations wait for the connection; OfflineQueue(limit=...) sets the limit)",
+                q.limit
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends a command that the driver counts out of `queued` when it takes it.
+    fn send_counted(&self, command: Command) -> Result<()> {
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        let r = self.send(command);
+        if r.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        let guard = self.commands();
+        let Some(tx) = guard.as_ref() else {
+            return Err(Error::Closed("the client is not connected".into()));
+        };
+        match tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::QueueFull(format!(
+                "{COMMAND_CAPACITY} operations are waiting to be sent; await publishes (or slow down) to let the connection catch up"
+            ))),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(Error::Closed("the client has been disconnected".into()))
+            }
+        }
+    }
+
+    /// Validates and submits a PUBLISH. QoS 1 completes `reply` at its PUBACK; QoS 0 when
+    /// written. Without `reply` it is fire-and-forget (QoS 1 is still retried).
+    ///
+    /// # Errors
+    /// Validation ([`Error::Topic`], [`Error::PayloadTooLarge`]), state ([`Error::Closed`],
+    /// [`Error::Disconnected`]) and bounds ([`Error::QueueFull`]), before anything is queued.
+    pub fn publish(
+        &self,
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        reply: Option<Reply<()>>,
+    ) -> Result<()> {
+        let cfg = &self.shared.config;
+        topic::validate_topic(&topic, cfg.limits)?;
+        cfg.check_payload(payload.len())?;
+        self.check_open()?;
+        self.offline_checks(qos == QoS::AtMostOnce)?;
+        self.send_counted(Command::Publish(OutPublish {
+            topic,
+            payload,
+            qos,
+            retain,
+            reply,
+        }))
+    }
+
+    /// Validates filters the way `subscribe` does.
+    ///
+    /// # Errors
+    /// [`Error::Topic`] / [`Error::Config`].
+    pub fn validate_filters(&self, filters: &[String]) -> Result<()> {
+        let limits = self.shared.config.limits;
+        if filters.is_empty() {
+            return Err(Error::Config("subscribe needs at least one topic filter".into()));
+        }
+        if limits == Limits::Aws && filters.len() > AWS_MAX_FILTERS_PER_SUBSCRIBE {
+            return Err(Error::Config(format!(
+                "{} filters in one subscribe; AWS IoT allows at most {AWS_MAX_FILTERS_PER_SUBSCRIBE} per SUBSCRIBE (subscribe in several calls)",
+                filters.len()
+            )));
+        }
+        for f in filters {
+            topic::validate_filter(f, limits)?;
+        }
+        Ok(())
+    }
+
+    /// Registers `queue` for `filters` and sends SUBSCRIBE; `reply` gets the granted QoS per
+    /// filter at SUBACK, or [`Error::SubscribeRefused`].
+    ///
+    /// # Errors
+    /// Validation, state and bounds errors before anything is sent.
+    pub fn subscribe(
+        &self,
+        filters: Vec<String>,
+        qos: QoS,
+        queue: Arc<SubscriptionQueue>,
+        reply: Reply<Vec<u8>>,
+    ) -> Result<()> {
+        self.validate_filters(&filters)?;
+        self.check_open()?;
+        self.offline_checks(false)?;
+        self.send_counted(Command::Subscribe {
+            id: queue.id(),
+            filters: filters.into_iter().map(|f| (f, qos)).collect(),
+            queue,
+            reply,
+        })
+    }
+
+    /// Registers a queue that receives every message, whatever the filter.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] before `connect()`.
+    pub fn subscribe_all(&self, queue: Arc<SubscriptionQueue>) -> Result<()> {
+        self.check_open()?;
+        self.send(Command::CatchAll {
+            id: queue.id(),
+            queue,
+        })
+    }
+
+    /// Ends one subscription (its queue closes); filters no other subscription uses are
+    /// unsubscribed at the broker, and `reply` completes at UNSUBACK. Never fails: after
+    /// `disconnect()` there is nothing left to end, and `reply` completes at once.
+    pub fn close_subscription(&self, id: u64, reply: Option<Reply<()>>) {
+        let command = Command::CloseSubscription { id, reply };
+        let guard = self.commands();
+        let unsent = match guard.as_ref() {
+            Some(tx) => match tx.try_send(command) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(command)) => {
+                    // Never lose a close (its queue would hold back acknowledgements): wait
+                    // for room in the background.
+                    let tx = tx.clone();
+                    self.runtime.spawn(async move {
+                        if let Err(mpsc::error::SendError(command)) = tx.send(command).await {
+                            complete_unsent(command);
+                        }
+                    });
+                    None
+                }
+                Err(mpsc::error::TrySendError::Closed(command)) => Some(command),
+            },
+            None => Some(command),
+        };
+        drop(guard);
+        if let Some(command) = unsent {
+            complete_unsent(command);
+        }
+    }
+
+    /// Unsubscribes filters at the broker and removes them from every subscription
+    /// (subscriptions left without filters end). `reply` completes at UNSUBACK.
+    ///
+    /// # Errors
+    /// Validation and state errors.
+    pub fn unsubscribe(&self, filters: Vec<String>, reply: Reply<()>) -> Result<()> {
+        let limits = self.shared.config.limits;
+        if filters.is_empty() {
+            return Err(Error::Config("unsubscribe needs at least one topic filter".into()));
+        }
+        for f in &filters {
+            topic::validate_filter(f, limits)?;
+        }
+        self.check_open()?;
+        self.send(Command::Unsubscribe { filters, reply })
+    }
+
+    /// Sends DISCONNECT, fails queued operations with [`Error::Closed`], ends every
+    /// subscription and stops the driver. Completes at once when not connected.
+    pub fn disconnect(&self, reply: Reply<()>) {
+        let tx = self.commands().take();
+        let Some(tx) = tx else {
+            reply(Ok(()));
+            return;
+        };
+        if self.state() != State::Closed {
+            self.shared.set_state(State::Closing);
+        }
+        self.runtime.spawn(async move {
+            if let Err(mpsc::error::SendError(cmd)) = tx.send(Command::Disconnect { reply: Some(reply) }).await {
+                // The driver already stopped (connection given up): nothing left to do.
+                if let Command::Disconnect { reply: Some(r) } = cmd {
+                    r(Ok(()));
+                }
+            }
+        });
+    }
+
+}
+
+/// Completes a command that never reached the driver because it had already stopped.
+fn complete_unsent(command: Command) {
+    if let Command::CloseSubscription { reply: Some(r), .. } = command {
+        r(Ok(()));
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Dropping the sender closes the channel; the driver then disconnects cleanly.
+        self.commands().take();
+    }
+}

@@ -1,0 +1,1015 @@
+//! The one task per client that owns the connection and all protocol state: packet ids and the
+//! in-flight table, the outbox (offline queue), operation deadlines, the subscription router,
+//! inbound acknowledgements, keep-alive and reconnects.
+//!
+//! Every `select!` branch is cancel-safe: reads go into `rbuf` (`read_buf`), writes take bytes
+//! from `wbuf` only once the socket accepted them (`write`), commands come from an mpsc
+//! receiver, and timers are recreated each turn. Nothing is lost when another branch wins.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rumqttc::{Packet, PubAck, Publish, Subscribe, SubscribeFilter, SubscribeReasonCode, Unsubscribe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::core::backoff::Backoff;
+use crate::core::client::{add, ClientEvent, Command, ConnectInfo, OutPublish, Reply, Shared, State};
+use crate::core::config::{QoS, AWS_MAX_FILTERS_PER_SUBSCRIBE};
+use crate::core::error::{DisconnectReason, Error, Result};
+use crate::core::inflight::Inflight;
+use crate::core::message::Message;
+use crate::core::queue::SubscriptionQueue;
+use crate::core::router::Router;
+use crate::core::topic::Limits;
+use crate::core::traffic_log::{Direction, Entry, TrafficLog};
+use crate::core::transport::{self, packet_name, Stream, DISCONNECT_FLUSH};
+
+/// Stop taking new commands while this many bytes wait to be written.
+const WBUF_HIGH: usize = 1 << 20;
+/// Stop taking new commands while this many operations wait for a packet id.
+const OUTBOX_HIGH: usize = 65_536;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// An operation's completion.
+enum OpReply {
+    None,
+    Unit(Reply<()>),
+    Codes(Reply<Vec<u8>>),
+}
+
+/// An operation that someone may be waiting for.
+struct OpEntry {
+    reply: OpReply,
+    what: String,
+    /// For SUBSCRIBE: the subscription to remove if it fails.
+    sub: Option<u64>,
+}
+
+/// Work waiting for a packet id or for the connection. `op` 0 = internal (never expires).
+enum Queued {
+    Publish { publish: Publish, op: u64 },
+    Subscribe { filters: Vec<(String, QoS)>, op: u64 },
+    Unsubscribe { filters: Vec<String>, op: u64 },
+}
+
+impl Queued {
+    fn op(&self) -> u64 {
+        match self {
+            Self::Publish { op, .. } | Self::Subscribe { op, .. } | Self::Unsubscribe { op, .. } => *op,
+        }
+    }
+
+    fn needs_pkid(&self) -> bool {
+        match self {
+            Self::Publish { publish, .. } => publish.qos != rumqttc::QoS::AtMostOnce,
+            _ => true,
+        }
+    }
+}
+
+/// An inbound QoS 1 acknowledgement waiting (in arrival order) for full queues to drain.
+struct PendingAck {
+    pkid: u16,
+    waiting: Vec<Arc<SubscriptionQueue>>,
+}
+
+/// Why a connected session ended.
+enum SessionEnd {
+    /// The application disconnected (or dropped every handle).
+    Closed,
+    /// The connection failed.
+    Lost(Error),
+}
+
+/// One live connection's buffers and timers.
+struct Conn {
+    rd: ReadHalf<Stream>,
+    wr: WriteHalf<Stream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    needs_flush: bool,
+    last_write: Instant,
+    ping_sent: Option<Instant>,
+}
+
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    router: Router,
+    inflight: Inflight<Queued>,
+    outbox: VecDeque<Queued>,
+    ops: HashMap<u64, OpEntry>,
+    deadlines: VecDeque<(Instant, u64)>,
+    next_op: u64,
+    acks: VecDeque<PendingAck>,
+    traffic: Option<TrafficLog>,
+    rng: StdRng,
+    max_packet: usize,
+}
+
+fn entry_for(q: &Queued) -> Entry<'_> {
+    match q {
+        Queued::Publish { publish, .. } => Entry {
+            kind: "PUBLISH",
+            topic: Some(&publish.topic),
+            pkid: publish.pkid,
+            qos: Some(publish.qos as u8),
+            size: publish.size(),
+            payload: Some(publish.payload.len()),
+            detail: if publish.dup { Some("dup=1") } else { None },
+        },
+        Queued::Subscribe { filters, .. } => Entry {
+            kind: "SUBSCRIBE",
+            topic: filters.first().map(|(f, _)| f.as_str()),
+            pkid: 0,
+            qos: None,
+            size: 0,
+            payload: None,
+            detail: None,
+        },
+        Queued::Unsubscribe { filters, .. } => Entry {
+            kind: "UNSUBSCRIBE",
+            topic: filters.first().map(String::as_str),
+            pkid: 0,
+            qos: None,
+            size: 0,
+            payload: None,
+            detail: None,
+        },
+    }
+}
+
+impl Driver {
+    pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Command>) -> Self {
+        let inflight = Inflight::new(shared.config.inflight);
+        let max_packet = shared.config.max_incoming_packet();
+        Self {
+            shared,
+            rx,
+            router: Router::default(),
+            inflight,
+            outbox: VecDeque::new(),
+            ops: HashMap::new(),
+            deadlines: VecDeque::new(),
+            next_op: 1,
+            acks: VecDeque::new(),
+            traffic: None,
+            rng: StdRng::from_os_rng(),
+            max_packet,
+        }
+    }
+
+    fn cfg(&self) -> &crate::core::config::ClientConfig {
+        &self.shared.config
+    }
+
+    fn event(&self, event: ClientEvent) {
+        self.shared.sink.event(event);
+    }
+
+    /// The task body: connect, serve, reconnect, until disconnected or given up.
+    pub(crate) async fn run(mut self, connect_reply: Reply<ConnectInfo>) {
+        if let Some(path) = self.cfg().log_file.clone() {
+            match TrafficLog::open(&path) {
+                Ok(log) => self.traffic = Some(log),
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        let client_id = self.cfg().client_id.clone();
+        log::debug!("client {client_id}: driver started");
+        let mut connect_reply = Some(connect_reply);
+        let mut backoff = self.cfg().reconnect.clone().map(Backoff::new);
+        loop {
+            let last_attempt = Instant::now();
+            let attempt = match self.attempt().await {
+                Ok(a) => a,
+                Err(()) => break, // disconnect requested while connecting
+            };
+            match attempt {
+                Ok(opened) => {
+                    let reconnect = connect_reply.is_none();
+                    let session_present = opened.session_present;
+                    self.shared.session_present.store(session_present, Ordering::Release);
+                    self.shared.set_state(State::Connected);
+                    if reconnect {
+                        self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    log::info!(
+                        "client {client_id}: connected to {}:{} (session_present={session_present})",
+                        self.cfg().endpoint,
+                        self.cfg().port
+                    );
+                    if let Some(reply) = connect_reply.take() {
+                        reply(Ok(ConnectInfo { session_present }));
+                    }
+                    self.event(ClientEvent::Connected {
+                        session_present,
+                        reconnect,
+                    });
+                    let started = Instant::now();
+                    match self.session(opened).await {
+                        SessionEnd::Closed => break,
+                        SessionEnd::Lost(e) => {
+                            log::warn!("client {client_id}: connection lost: {e}");
+                            if let Some(b) = backoff.as_mut() {
+                                b.connection_ended(started.elapsed());
+                            }
+                            self.connection_down(&e);
+                            self.event(ClientEvent::Disconnected {
+                                reason: e.disconnect_reason(),
+                                error: Some(e.clone()),
+                            });
+                            if backoff.is_none() {
+                                self.give_up(&e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(reply) = connect_reply.take() {
+                        log::info!("client {client_id}: connect failed: {e}");
+                        self.give_up(&e);
+                        reply(Err(e));
+                        break;
+                    }
+                    log::warn!("client {client_id}: reconnect attempt failed: {e}");
+                    self.event(ClientEvent::Disconnected {
+                        reason: e.disconnect_reason(),
+                        error: Some(e.clone()),
+                    });
+                    if backoff.as_ref().is_some_and(Backoff::exhausted) {
+                        self.give_up(&e);
+                        break;
+                    }
+                }
+            }
+            // Back off before the next attempt, serving commands meanwhile.
+            let Some(b) = backoff.as_mut() else { break };
+            let mut delay = b.next_delay(&mut self.rng);
+            if self.cfg().limits == Limits::Aws {
+                // AWS IoT allows one CONNECT per second per client id.
+                let since = last_attempt.elapsed();
+                delay = delay.max(Duration::from_secs(1).saturating_sub(since));
+            }
+            self.shared.set_state(State::Reconnecting);
+            log::debug!("client {client_id}: reconnecting in {delay:?}");
+            if self.wait_offline(Instant::now() + delay).await.is_err() {
+                break;
+            }
+        }
+        self.drain_channel();
+        self.shared.set_state(State::Closed);
+        if let Some(t) = self.traffic.as_mut() {
+            t.flush();
+        }
+        log::debug!("client {client_id}: driver stopped");
+    }
+
+    /// One connection attempt, serving commands while it runs. `Err(())` = disconnect requested.
+    async fn attempt(&mut self) -> std::result::Result<Result<transport::Opened>, ()> {
+        let cfg = self.shared.config.clone();
+        let open = transport::open(&cfg);
+        tokio::pin!(open);
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                r = &mut open => return Ok(r),
+                cmd = self.rx.recv() => {
+                    if self.offline_command(cmd).is_err() {
+                        return Err(());
+                    }
+                }
+                () = sleep_until_opt(deadline) => self.expire(Instant::now()),
+            }
+        }
+    }
+
+    /// Serves commands while disconnected until `until`. `Err(())` = disconnect requested.
+    async fn wait_offline(&mut self, until: Instant) -> std::result::Result<(), ()> {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return Ok(()),
+                cmd = self.rx.recv() => self.offline_command(cmd)?,
+                () = sleep_until_opt(deadline) => self.expire(Instant::now()),
+            }
+        }
+    }
+
+    fn new_op(&mut self, reply: OpReply, what: String, sub: Option<u64>) -> u64 {
+        let op = self.next_op;
+        self.next_op += 1;
+        self.ops.insert(op, OpEntry { reply, what, sub });
+        self.deadlines
+            .push_back((Instant::now() + self.cfg().operation_timeout, op));
+        op
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|(t, _)| *t)
+    }
+
+    /// Fails every operation whose deadline has passed with [`Error::Timeout`].
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(t, op)) = self.deadlines.front() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(entry) = self.ops.remove(&op) {
+                let err = Error::Timeout {
+                    what: entry.what.clone(),
+                    after: self.cfg().operation_timeout,
+                };
+                if let Some(sub) = entry.sub {
+                    self.drop_subscription(sub);
+                }
+                if matches!(entry.reply, OpReply::None) {
+                    self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                finish(entry.reply, Err(err));
+            }
+        }
+    }
+
+    fn complete(&mut self, op: u64, result: Result<Vec<u8>>) {
+        if op == 0 {
+            if let Err(e) = result {
+                log::warn!("internal operation failed: {e}");
+            }
+            return;
+        }
+        if let Some(entry) = self.ops.remove(&op) {
+            if result.is_err() {
+                if let Some(sub) = entry.sub {
+                    self.drop_subscription(sub);
+                }
+            }
+            finish(entry.reply, result);
+        }
+    }
+
+    fn drop_subscription(&mut self, sub: u64) {
+        let unused = self.router.remove(sub);
+        if !unused.is_empty() {
+            self.outbox.push_back(Queued::Unsubscribe {
+                filters: unused,
+                op: 0,
+            });
+        }
+    }
+
+    /// Applies a command while there is no connection. `Err(())` = stop the driver.
+    fn offline_command(&mut self, cmd: Option<Command>) -> std::result::Result<(), ()> {
+        match cmd {
+            None => {
+                self.shutdown(None);
+                Err(())
+            }
+            Some(Command::Disconnect { reply }) => {
+                self.shutdown(reply);
+                Err(())
+            }
+            Some(cmd) => {
+                self.accept(cmd, false);
+                self.publish_counts();
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a command (connected or not), applying the offline policy when not connected.
+    fn accept(&mut self, cmd: Command, connected: bool) {
+        let offline = self.cfg().offline_queue;
+        let over_limit = !connected && self.outbox.len() >= offline.limit;
+        match cmd {
+            Command::Publish(OutPublish {
+                topic,
+                payload,
+                qos,
+                retain,
+                reply,
+            }) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                let reply = reply.map_or(OpReply::None, OpReply::Unit);
+                if !connected && qos == QoS::AtMostOnce && !offline.qos0 {
+                    self.reject(
+                        reply,
+                        Error::Disconnected(
+                            "the connection is down and QoS 0 publishes are not queued offline"
+                                .into(),
+                        ),
+                    );
+                    return;
+                }
+                if over_limit {
+                    self.reject(reply, queue_full(offline.limit));
+                    return;
+                }
+                let mut publish = Publish::from_bytes(topic, qos.to_mqtt(), payload);
+                publish.retain = retain;
+                let op = if connected && qos == QoS::AtMostOnce && matches!(reply, OpReply::None) {
+                    0
+                } else {
+                    let what = format!("PUBLISH to {:?}", publish.topic);
+                    self.new_op(reply, what, None)
+                };
+                self.outbox.push_back(Queued::Publish { publish, op });
+            }
+            Command::Subscribe {
+                id,
+                filters,
+                queue,
+                reply,
+            } => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                if over_limit {
+                    reply(Err(queue_full(offline.limit)));
+                    return;
+                }
+                let to_send = self.router.add(id, &filters, queue);
+                let what = format!("SUBSCRIBE to {:?}", filters.iter().map(|(f, _)| f).collect::<Vec<_>>());
+                let op = self.new_op(OpReply::Codes(reply), what, Some(id));
+                self.outbox.push_back(Queued::Subscribe {
+                    filters: to_send,
+                    op,
+                });
+            }
+            Command::CatchAll { id, queue } => self.router.add_catch_all(id, queue),
+            Command::CloseSubscription { id, reply } => {
+                let unused = self.router.remove(id);
+                self.queue_unsubscribe(unused, reply);
+            }
+            Command::Unsubscribe { filters, reply } => {
+                let known = self.router.remove_filters(&filters);
+                // Unsubscribe at the broker even for filters we did not know (idempotent).
+                let _ = known;
+                self.queue_unsubscribe(filters, Some(reply));
+            }
+            Command::Disconnect { .. } => {}
+        }
+    }
+
+    fn queue_unsubscribe(&mut self, filters: Vec<String>, reply: Option<Reply<()>>) {
+        if filters.is_empty() {
+            if let Some(r) = reply {
+                r(Ok(()));
+            }
+            return;
+        }
+        let op = match reply {
+            Some(r) => {
+                let what = format!("UNSUBSCRIBE from {filters:?}");
+                self.new_op(OpReply::Unit(r), what, None)
+            }
+            None => 0,
+        };
+        self.outbox.push_back(Queued::Unsubscribe { filters, op });
+    }
+
+    fn reject(&self, reply: OpReply, err: Error) {
+        if matches!(reply, OpReply::None) {
+            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            log::debug!("fire-and-forget publish dropped: {err}");
+        }
+        finish(reply, Err(err));
+    }
+
+    /// After a connection ends: acknowledgements owed to the broker are void (it redelivers).
+    fn connection_down(&mut self, _e: &Error) {
+        self.acks.clear();
+    }
+
+    /// Fails everything still waiting and ends every subscription.
+    fn give_up(&mut self, e: &Error) {
+        let err = Error::Disconnected(format!("the connection is down and will not be retried: {e}"));
+        self.fail_all(&err);
+    }
+
+    fn fail_all(&mut self, err: &Error) {
+        self.outbox.clear();
+        for (_, q) in self.inflight.drain_in_order() {
+            drop(q);
+        }
+        self.deadlines.clear();
+        let ops: Vec<OpEntry> = self.ops.drain().map(|(_, e)| e).collect();
+        for entry in ops {
+            finish(entry.reply, Err(err.clone()));
+        }
+        self.router.close_all();
+        self.acks.clear();
+        self.publish_counts();
+    }
+
+    /// Completes every command still in the channel once the driver stops: none is dropped
+    /// without an answer.
+    fn drain_channel(&mut self) {
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            let err = || Error::Closed("the client is disconnected".into());
+            match cmd {
+                Command::Publish(p) => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(r) = p.reply {
+                        r(Err(err()));
+                    }
+                }
+                Command::Subscribe { reply, queue, .. } => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    queue.close();
+                    reply(Err(err()));
+                }
+                Command::CatchAll { queue, .. } => queue.close(),
+                Command::CloseSubscription { reply, .. } | Command::Disconnect { reply } => {
+                    if let Some(r) = reply {
+                        r(Ok(()));
+                    }
+                }
+                Command::Unsubscribe { reply, .. } => reply(Err(err())),
+            }
+        }
+    }
+
+    /// Application disconnect while no connection is up.
+    fn shutdown(&mut self, reply: Option<Reply<()>>) {
+        self.fail_all(&Error::Closed(
+            "the client disconnected before the operation completed".into(),
+        ));
+        self.shared.set_state(State::Closed);
+        self.event(ClientEvent::Disconnected {
+            reason: DisconnectReason::Client,
+            error: None,
+        });
+        if let Some(r) = reply {
+            r(Ok(()));
+        }
+    }
+
+    /// Serves one connection until it ends.
+    async fn session(&mut self, opened: transport::Opened) -> SessionEnd {
+        let (rd, wr) = tokio::io::split(opened.stream);
+        let mut conn = Conn {
+            rd,
+            wr,
+            rbuf: opened.leftover,
+            wbuf: BytesMut::with_capacity(READ_CHUNK),
+            needs_flush: false,
+            last_write: Instant::now(),
+            ping_sent: None,
+        };
+        if let Some(t) = self.traffic.as_mut() {
+            t.record(Direction::Out, &Entry { kind: "CONNECT", topic: None, pkid: 0, qos: None, size: opened.connect_size, payload: None, detail: None });
+            let detail = if opened.session_present { "session_present=1" } else { "session_present=0" };
+            t.record(Direction::In, &Entry { kind: "CONNACK", topic: None, pkid: 0, qos: None, size: 4, payload: None, detail: Some(detail) });
+        }
+        self.restore_session(&mut conn, opened.session_present);
+        // Packets that arrived right behind the CONNACK.
+        if let Err(e) = self.process_incoming(&mut conn) {
+            return SessionEnd::Lost(e);
+        }
+        let keep_alive = self.cfg().keep_alive;
+        let ping_timeout = (keep_alive / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let space = Arc::clone(&self.shared.space);
+        loop {
+            if let Err(e) = self.fill(&mut conn) {
+                return SessionEnd::Lost(e);
+            }
+            let ka_deadline = if keep_alive.is_zero() {
+                None
+            } else if let Some(sent) = conn.ping_sent {
+                Some(sent + ping_timeout)
+            } else {
+                Some(conn.last_write + keep_alive)
+            };
+            let deadline = self.next_deadline();
+            let take_commands = conn.wbuf.len() < WBUF_HIGH && self.outbox.len() < OUTBOX_HIGH;
+            let want_write = !conn.wbuf.is_empty() || conn.needs_flush;
+            if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
+                conn.rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                r = conn.rd.read_buf(&mut conn.rbuf) => {
+                    match r {
+                        Ok(0) => return SessionEnd::Lost(Error::Disconnected(format!(
+                            "{}:{} closed the connection", self.cfg().endpoint, self.cfg().port))),
+                        Ok(n) => {
+                            add(&self.shared.stats.bytes_received, n);
+                            if let Err(e) = self.process_incoming(&mut conn) {
+                                return SessionEnd::Lost(e);
+                            }
+                        }
+                        Err(e) => return SessionEnd::Lost(self.io_error(&e, "reading from")),
+                    }
+                }
+                r = write_some(&mut conn.wr, &mut conn.wbuf, &mut conn.needs_flush), if want_write => {
+                    match r {
+                        Ok(n) => {
+                            if n > 0 {
+                                add(&self.shared.stats.bytes_sent, n);
+                                conn.last_write = Instant::now();
+                            }
+                        }
+                        Err(e) => return SessionEnd::Lost(self.io_error(&e, "writing to")),
+                    }
+                }
+                cmd = self.rx.recv(), if take_commands => {
+                    match cmd {
+                        None | Some(Command::Disconnect { reply: None }) => {
+                            self.graceful_disconnect(&mut conn, None).await;
+                            return SessionEnd::Closed;
+                        }
+                        Some(Command::Disconnect { reply }) => {
+                            self.graceful_disconnect(&mut conn, reply).await;
+                            return SessionEnd::Closed;
+                        }
+                        Some(cmd) => self.accept(cmd, true),
+                    }
+                }
+                () = sleep_until_opt(ka_deadline) => {
+                    if conn.ping_sent.is_some() {
+                        return SessionEnd::Lost(Error::Timeout {
+                            what: "PINGREQ (keep-alive)".into(),
+                            after: ping_timeout,
+                        });
+                    }
+                    self.write_packet(&mut conn, &Packet::PingReq);
+                    conn.ping_sent = Some(Instant::now());
+                }
+                () = sleep_until_opt(deadline) => self.expire(Instant::now()),
+                () = space.notified(), if !self.acks.is_empty() => {
+                    self.release_acks(&mut conn);
+                }
+            }
+        }
+    }
+
+    fn io_error(&self, e: &std::io::Error, during: &str) -> Error {
+        let cfg = self.cfg();
+        match transport::classify_io(&cfg.endpoint, cfg.port, e, during) {
+            Error::Connect(m) => Error::Disconnected(m),
+            other => other,
+        }
+    }
+
+    /// Encodes a control packet into the write buffer and logs it.
+    fn write_packet(&mut self, conn: &mut Conn, packet: &Packet) {
+        match packet.write(&mut conn.wbuf, usize::MAX) {
+            Ok(size) => {
+                if let Some(t) = self.traffic.as_mut() {
+                    let (pkid, topic) = match packet {
+                        Packet::PubAck(a) => (a.pkid, None),
+                        Packet::Subscribe(s) => (s.pkid, s.filters.first().map(|f| f.path.as_str())),
+                        Packet::Unsubscribe(u) => (u.pkid, u.topics.first().map(String::as_str)),
+                        _ => (0, None),
+                    };
+                    t.record(Direction::Out, &Entry { kind: packet_name(packet), topic, pkid, qos: None, size, payload: None, detail: None });
+                }
+            }
+            Err(e) => log::error!("cannot encode {}: {e}", packet_name(packet)),
+        }
+    }
+
+    /// Encodes a queued operation under `pkid` (0 for QoS 0 publishes).
+    fn write_queued(&mut self, conn: &mut Conn, q: &mut Queued, pkid: u16, dup: bool) -> Result<()> {
+        let result = match q {
+            Queued::Publish { publish, .. } => {
+                publish.pkid = pkid;
+                publish.dup = dup && publish.qos != rumqttc::QoS::AtMostOnce;
+                publish.write(&mut conn.wbuf)
+            }
+            Queued::Subscribe { filters, .. } => {
+                let packet = Subscribe {
+                    pkid,
+                    filters: filters
+                        .iter()
+                        .map(|(f, qos)| SubscribeFilter::new(f.clone(), qos.to_mqtt()))
+                        .collect(),
+                };
+                packet.write(&mut conn.wbuf)
+            }
+            Queued::Unsubscribe { filters, .. } => {
+                let packet = Unsubscribe {
+                    pkid,
+                    topics: filters.clone(),
+                };
+                packet.write(&mut conn.wbuf)
+            }
+        };
+        let size = result.map_err(|e| Error::Protocol(format!("cannot encode a packet: {e}")))?;
+        if let Some(t) = self.traffic.as_mut() {
+            let mut entry = entry_for(q);
+            entry.pkid = pkid;
+            entry.size = size;
+            t.record(Direction::Out, &entry);
+        }
+        Ok(())
+    }
+
+    /// Moves queued operations onto the wire while packet ids and buffer room allow.
+    fn fill(&mut self, conn: &mut Conn) -> Result<()> {
+        while conn.wbuf.len() < WBUF_HIGH {
+            let Some(front) = self.outbox.front() else { break };
+            let pkid = if front.needs_pkid() {
+                match self.inflight.free_pkid() {
+                    Some(p) => p,
+                    None => break,
+                }
+            } else {
+                0
+            };
+            let Some(mut q) = self.outbox.pop_front() else { break };
+            let op = q.op();
+            if op != 0 && !self.ops.contains_key(&op) {
+                continue; // timed out while queued: the caller was told; do not send it late
+            }
+            self.write_queued(conn, &mut q, pkid, false)?;
+            let is_publish = matches!(q, Queued::Publish { .. });
+            if is_publish {
+                self.shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if pkid == 0 {
+                self.complete(op, Ok(Vec::new()));
+            } else {
+                self.inflight.insert_at(pkid, q);
+            }
+        }
+        self.publish_counts();
+        Ok(())
+    }
+
+    fn publish_counts(&self) {
+        let stats = &self.shared.stats;
+        stats
+            .inflight
+            .store(u64::try_from(self.inflight.len()).unwrap_or(0), Ordering::Relaxed);
+        self.shared.outbox_len.store(self.outbox.len(), Ordering::Relaxed);
+    }
+
+    /// After CONNACK: resend what is in flight and restore subscriptions as the session needs.
+    fn restore_session(&mut self, conn: &mut Conn, session_present: bool) {
+        if session_present {
+            // The broker kept our session: resend un-acknowledged packets first, in submission
+            // order, same packet ids, DUP set on publishes.
+            for pkid in self.inflight.in_order() {
+                if let Some(mut q) = self.inflight.remove(pkid) {
+                    if let Err(e) = self.write_queued(conn, &mut q, pkid, true) {
+                        log::error!("{e}");
+                    }
+                    self.inflight.insert_at(pkid, q);
+                }
+            }
+            return;
+        }
+        // New session: the broker knows no subscription and no packet of ours. Re-subscribe
+        // first, then resend everything that was in flight (as new packets), then the outbox.
+        let old: Vec<Queued> = self
+            .inflight
+            .drain_in_order()
+            .into_iter()
+            .map(|(_, q)| q)
+            .filter(|q| q.op() != 0 || matches!(q, Queued::Publish { .. }))
+            .collect();
+        let mut front: VecDeque<Queued> = VecDeque::new();
+        let filters = self.router.broker_filters();
+        for chunk in filters.chunks(AWS_MAX_FILTERS_PER_SUBSCRIBE) {
+            front.push_back(Queued::Subscribe {
+                filters: chunk.to_vec(),
+                op: 0,
+            });
+        }
+        front.extend(old);
+        front.append(&mut self.outbox);
+        self.outbox = front;
+    }
+
+    async fn graceful_disconnect(&mut self, conn: &mut Conn, reply: Option<Reply<()>>) {
+        self.write_packet(conn, &Packet::Disconnect);
+        let flush = async {
+            while !conn.wbuf.is_empty() || conn.needs_flush {
+                let n = write_some(&mut conn.wr, &mut conn.wbuf, &mut conn.needs_flush).await?;
+                add(&self.shared.stats.bytes_sent, n);
+            }
+            conn.wr.shutdown().await
+        };
+        match tokio::time::timeout(DISCONNECT_FLUSH, flush).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::debug!("DISCONNECT not fully written: {e}"),
+            Err(_) => log::debug!("DISCONNECT not written within {DISCONNECT_FLUSH:?}"),
+        }
+        log::info!("client {}: disconnected", self.cfg().client_id);
+        self.shutdown(reply);
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    fn process_incoming(&mut self, conn: &mut Conn) -> Result<()> {
+        loop {
+            let before = conn.rbuf.len();
+            let packet = match Packet::read(&mut conn.rbuf, self.max_packet) {
+                Ok(p) => p,
+                Err(rumqttc::Error::InsufficientBytes(_)) => return Ok(()),
+                Err(rumqttc::Error::PayloadSizeLimitExceeded(n)) => {
+                    return Err(Error::Protocol(format!(
+                        "the broker sent a {n}-byte packet; the limit is {} bytes",
+                        self.max_packet
+                    )))
+                }
+                Err(e) => return Err(Error::Protocol(format!("malformed packet from the broker: {e}"))),
+            };
+            let size = before - conn.rbuf.len();
+            self.handle_packet(conn, packet, size)?;
+        }
+    }
+
+    fn log_in(&mut self, entry: Entry<'_>) {
+        if let Some(t) = self.traffic.as_mut() {
+            t.record(Direction::In, &entry);
+        }
+    }
+
+    fn handle_packet(&mut self, conn: &mut Conn, packet: Packet, size: usize) -> Result<()> {
+        let name = packet_name(&packet);
+        match packet {
+            Packet::Publish(p) => {
+                self.log_in(Entry { kind: name, topic: Some(&p.topic), pkid: p.pkid, qos: Some(p.qos as u8), size, payload: Some(p.payload.len()), detail: if p.dup { Some("dup=1") } else { None } });
+                self.inbound_publish(conn, p)
+            }
+            Packet::PubAck(a) => {
+                self.log_in(Entry { kind: name, topic: None, pkid: a.pkid, qos: None, size, payload: None, detail: None });
+                match self.inflight.remove(a.pkid) {
+                    Some(Queued::Publish { op, .. }) => self.complete(op, Ok(Vec::new())),
+                    Some(other) => {
+                        log::warn!("PUBACK for packet id {} which is not a PUBLISH: ignored", a.pkid);
+                        self.inflight.insert_at(a.pkid, other);
+                    }
+                    None => log::warn!("unsolicited PUBACK for packet id {}: ignored", a.pkid),
+                }
+                Ok(())
+            }
+            Packet::SubAck(s) => {
+                let codes: Vec<u8> = s
+                    .return_codes
+                    .iter()
+                    .map(|c| match c {
+                        SubscribeReasonCode::Success(q) => *q as u8,
+                        SubscribeReasonCode::Failure => 0x80,
+                    })
+                    .collect();
+                let detail = format!("codes={codes:?}");
+                self.log_in(Entry { kind: name, topic: None, pkid: s.pkid, qos: None, size, payload: None, detail: Some(&detail) });
+                match self.inflight.remove(s.pkid) {
+                    Some(Queued::Subscribe { filters, op }) => {
+                        if codes.len() != filters.len() {
+                            self.complete(op, Err(Error::Protocol(format!(
+                                "SUBACK has {} return codes for {} filters", codes.len(), filters.len()))));
+                            return Ok(());
+                        }
+                        let refused: Vec<String> = filters
+                            .iter()
+                            .zip(&codes)
+                            .filter(|(_, c)| **c == 0x80)
+                            .map(|((f, _), _)| f.clone())
+                            .collect();
+                        if refused.is_empty() {
+                            self.complete(op, Ok(codes));
+                        } else {
+                            log::warn!("the broker refused the subscription to {refused:?}");
+                            self.complete(op, Err(Error::SubscribeRefused { filters: refused }));
+                        }
+                    }
+                    Some(other) => {
+                        log::warn!("SUBACK for packet id {} which is not a SUBSCRIBE: ignored", s.pkid);
+                        self.inflight.insert_at(s.pkid, other);
+                    }
+                    None => log::warn!("unsolicited SUBACK for packet id {}: ignored", s.pkid),
+                }
+                Ok(())
+            }
+            Packet::UnsubAck(u) => {
+                self.log_in(Entry { kind: name, topic: None, pkid: u.pkid, qos: None, size, payload: None, detail: None });
+                match self.inflight.remove(u.pkid) {
+                    Some(Queued::Unsubscribe { op, .. }) => self.complete(op, Ok(Vec::new())),
+                    Some(other) => {
+                        log::warn!("UNSUBACK for packet id {} which is not an UNSUBSCRIBE: ignored", u.pkid);
+                        self.inflight.insert_at(u.pkid, other);
+                    }
+                    None => log::warn!("unsolicited UNSUBACK for packet id {}: ignored", u.pkid),
+                }
+                Ok(())
+            }
+            Packet::PingResp => {
+                self.log_in(Entry { kind: name, topic: None, pkid: 0, qos: None, size, payload: None, detail: None });
+                conn.ping_sent = None;
+                Ok(())
+            }
+            other => {
+                self.log_in(Entry { kind: name, topic: None, pkid: 0, qos: None, size, payload: None, detail: None });
+                Err(Error::Protocol(format!(
+                    "the broker sent {name}, which a server never sends to an MQTT 3.1.1 client at this point",
+                    name = packet_name(&other)
+                )))
+            }
+        }
+    }
+
+    fn inbound_publish(&mut self, conn: &mut Conn, p: Publish) -> Result<()> {
+        let qos = p.qos as u8;
+        if qos > 1 {
+            return Err(Error::Protocol(format!(
+                "the broker sent a QoS {qos} PUBLISH; this client subscribes with QoS 0 or 1 only"
+            )));
+        }
+        if qos == 1 && p.pkid == 0 {
+            return Err(Error::Protocol("QoS 1 PUBLISH with packet id 0".into()));
+        }
+        self.shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        let message = Message {
+            topic: Arc::from(p.topic.as_str()),
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            dup: p.dup,
+        };
+        let routed = self.router.route(&message);
+        if routed.dropped > 0 {
+            add(&self.shared.stats.dropped, routed.dropped);
+        }
+        if qos == 1 {
+            if routed.over.is_empty() && self.acks.is_empty() {
+                self.write_packet(conn, &Packet::PubAck(PubAck::new(p.pkid)));
+            } else {
+                self.acks.push_back(PendingAck {
+                    pkid: p.pkid,
+                    waiting: routed.over,
+                });
+                self.release_acks(conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the owed PUBACKs, in arrival order, whose queues are back within capacity.
+    fn release_acks(&mut self, conn: &mut Conn) {
+        while let Some(front) = self.acks.front() {
+            if front.waiting.iter().any(|q| q.is_over() && !q.is_closed()) {
+                break;
+            }
+            if let Some(ack) = self.acks.pop_front() {
+                self.write_packet(conn, &Packet::PubAck(PubAck::new(ack.pkid)));
+            }
+        }
+    }
+}
+
+fn queue_full(limit: usize) -> Error {
+    Error::QueueFull(format!(
+        "the offline queue is full ({limit} operations wait for the connection; OfflineQueue(limit=...) sets the limit)"
+    ))
+}
+
+fn finish(reply: OpReply, result: Result<Vec<u8>>) {
+    match reply {
+        OpReply::None => {}
+        OpReply::Unit(r) => r(result.map(|_| ())),
+        OpReply::Codes(r) => r(result),
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes some of `wbuf` (or flushes when it is empty). Cancel-safe: bytes leave `wbuf` only
+/// after the socket took them.
+async fn write_some(
+    wr: &mut WriteHalf<Stream>,
+    wbuf: &mut BytesMut,
+    needs_flush: &mut bool,
+) -> std::io::Result<usize> {
+    if wbuf.is_empty() {
+        wr.flush().await?;
+        *needs_flush = false;
+        return Ok(0);
+    }
+    let n = wr.write(wbuf).await?;
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "the connection accepts no more bytes",
+        ));
+    }
+    wbuf.advance(n);
+    *needs_flush = true;
+    Ok(n)
+}

@@ -1,0 +1,24 @@
+//! The pure-Rust client core. No Python here: `cargo test --no-default-features` builds and
+//! tests it without an interpreter.
+
+pub mod backoff;
+pub mod client;
+pub mod config;
+mod driver;
+pub mod error;
+pub mod inflight;
+pub mod message;
+pub mod queue;
+pub mod router;
+pub mod secret;
+pub mod tls;
+pub mod topic;
+pub mod traffic_log;
+pub mod transport;
+
+pub use client::{Client, ClientEvent, ConnectInfo, EventSink, Reply, State, StatsSnapshot};
+pub use config::{ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will};
+pub use error::{DisconnectReason, Error, Result};
+pub use message::Message;
+pub use queue::{Batch, SubscriptionQueue, Wake};
+pub use topic::Limits;

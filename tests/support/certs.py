@@ -1,0 +1,384 @@
+"""Throw-away test PKI generated at test time with :mod:`cryptography`.
+
+Nothing produced here is ever committed: :func:`make_pki` writes every file
+into a caller-supplied (temporary) directory and returns a :class:`Pki`
+describing the paths.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import pathlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "CA_COMMON_NAME",
+    "CLIENT_COMMON_NAME",
+    "CLIENT_KEY_PASSWORD",
+    "GARBAGE_PEM",
+    "Pki",
+    "make_pki",
+    "write_pkcs12",
+]
+
+#: Password protecting :attr:`Pki.client_key_encrypted`.
+CLIENT_KEY_PASSWORD = "test-key-password"
+#: Common name of the test root CA (also used, verbatim, by the fake root).
+CA_COMMON_NAME = "awsiot_rs test CA"
+#: Common name of the client (device) certificates.
+CLIENT_COMMON_NAME = "test-device"
+#: Contents of :attr:`Pki.garbage_pem`: PEM armour around non-base64 junk.
+GARBAGE_PEM = "-----BEGIN CERTIFICATE-----\nnot base64 at all!!\n-----END CERTIFICATE-----\n"
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Paths of every PEM file written by :func:`make_pki`."""
+
+    directory: pathlib.Path
+    #: Test root CA ("awsiot_rs test CA").
+    ca_cert: pathlib.Path
+    ca_key: pathlib.Path
+    #: Server leaf for localhost / 127.0.0.1, signed by the CA.
+    server_cert: pathlib.Path
+    server_key: pathlib.Path
+    #: Server leaf for "evil.example" only, signed by the CA.
+    wrong_host_cert: pathlib.Path
+    wrong_host_key: pathlib.Path
+    #: Server leaf for localhost / 127.0.0.1 that expired 10 days ago.
+    expired_server_cert: pathlib.Path
+    expired_server_key: pathlib.Path
+    #: Client leaf ("test-device"); key is RSA 2048 in PKCS#1 PEM.
+    client_cert: pathlib.Path
+    client_key: pathlib.Path
+    #: The same client key as unencrypted PKCS#8 PEM.
+    client_key_pkcs8: pathlib.Path
+    #: The same client key as encrypted PKCS#8 PEM (password CLIENT_KEY_PASSWORD).
+    client_key_encrypted: pathlib.Path
+    #: Client leaf with an EC P-256 key in SEC1 PEM.
+    client_ec_cert: pathlib.Path
+    client_ec_key: pathlib.Path
+    #: Unrelated RSA key (PKCS#1) not matching client_cert.
+    other_key: pathlib.Path
+    #: A second, unrelated CA and a client leaf signed by it.
+    other_ca_cert: pathlib.Path
+    other_ca_key: pathlib.Path
+    other_client_cert: pathlib.Path
+    other_client_key: pathlib.Path
+    #: A root with the same subject as the real CA but a different key, and a
+    #: localhost / 127.0.0.1 server leaf signed by it.
+    fake_ca_cert: pathlib.Path
+    fake_ca_key: pathlib.Path
+    fake_server_cert: pathlib.Path
+    fake_server_key: pathlib.Path
+    #: A file with PEM armour but no valid base64 in it.
+    garbage_pem: pathlib.Path
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write(path: pathlib.Path, data: bytes, *, private: bool = False) -> pathlib.Path:
+    """Write ``data`` to ``path``; private files end up with mode 0600."""
+    path.write_bytes(data)
+    if private:
+        os.chmod(path, 0o600)
+    return path
+
+
+def _write_cert(path: pathlib.Path, cert: x509.Certificate) -> pathlib.Path:
+    return _write(path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_key(
+    path: pathlib.Path,
+    key: PrivateKey,
+    fmt: serialization.PrivateFormat,
+    encryption: serialization.KeySerializationEncryption | None = None,
+) -> pathlib.Path:
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        fmt,
+        encryption or serialization.NoEncryption(),
+    )
+    return _write(path, data, private=True)
+
+
+def _make_ca(
+    common_name: str,
+    key: rsa.RSAPrivateKey,
+) -> x509.Certificate:
+    """Self-signed root CA valid from now-1 day to now+10 days."""
+    now = _now()
+    name = _name(common_name)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _make_leaf(
+    *,
+    common_name: str,
+    key: PrivateKey,
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    eku: x509.ObjectIdentifier,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """End-entity certificate signed by ``ca_key``."""
+    now = _now()
+    if not_before is None:
+        not_before = now - datetime.timedelta(days=1)
+    if not_after is None:
+        not_after = now + datetime.timedelta(days=10)
+    is_client = eku == ExtendedKeyUsageOID.CLIENT_AUTH
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                # RSA key exchange needs keyEncipherment; harmless otherwise.
+                key_encipherment=is_rsa,
+                data_encipherment=False,
+                key_agreement=not is_rsa and not is_client,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _server_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    key: rsa.RSAPrivateKey,
+    **kwargs: object,
+) -> x509.Certificate:
+    return _make_leaf(
+        common_name="localhost",
+        key=key,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        eku=ExtendedKeyUsageOID.SERVER_AUTH,
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1",),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _client_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    key: PrivateKey,
+) -> x509.Certificate:
+    return _make_leaf(
+        common_name=CLIENT_COMMON_NAME,
+        key=key,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+
+
+def make_pki(directory: pathlib.Path) -> Pki:
+    """Generate the complete test PKI into ``directory`` and return its paths.
+
+    All files are PEM. Private-key files are chmod 0600. The directory is
+    created if it does not exist.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    d = directory
+    pkcs1 = serialization.PrivateFormat.TraditionalOpenSSL  # RSA -> PKCS#1, EC -> SEC1
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    now = _now()
+
+    # Root CA.
+    ca_key = _rsa_key()
+    ca_cert = _make_ca(CA_COMMON_NAME, ca_key)
+
+    # Good server.
+    server_key = _rsa_key()
+    server_cert = _server_leaf(ca_cert, ca_key, server_key)
+
+    # Server whose name does not match localhost / 127.0.0.1.
+    wrong_host_key = _rsa_key()
+    wrong_host_cert = _make_leaf(
+        common_name="evil.example",
+        key=wrong_host_key,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        eku=ExtendedKeyUsageOID.SERVER_AUTH,
+        dns_names=("evil.example",),
+    )
+
+    # Expired server.
+    expired_key = _rsa_key()
+    expired_cert = _server_leaf(
+        ca_cert,
+        ca_key,
+        expired_key,
+        not_before=now - datetime.timedelta(days=20),
+        not_after=now - datetime.timedelta(days=10),
+    )
+
+    # RSA client (device) certificate.
+    client_key = _rsa_key()
+    client_cert = _client_leaf(ca_cert, ca_key, client_key)
+
+    # EC P-256 client certificate.
+    client_ec_key = ec.generate_private_key(ec.SECP256R1())
+    client_ec_cert = _client_leaf(ca_cert, ca_key, client_ec_key)
+
+    # Unrelated key.
+    other_key = _rsa_key()
+
+    # Second CA + client signed by it.
+    other_ca_key = _rsa_key()
+    other_ca_cert = _make_ca("awsiot_rs other test CA", other_ca_key)
+    other_client_key = _rsa_key()
+    other_client_cert = _client_leaf(other_ca_cert, other_ca_key, other_client_key)
+
+    # Fake root: same subject as the real CA, different key.
+    fake_ca_key = _rsa_key()
+    fake_ca_cert = _make_ca(CA_COMMON_NAME, fake_ca_key)
+    fake_server_key = _rsa_key()
+    fake_server_cert = _server_leaf(fake_ca_cert, fake_ca_key, fake_server_key)
+
+    return Pki(
+        directory=directory,
+        ca_cert=_write_cert(d / "ca.crt", ca_cert),
+        ca_key=_write_key(d / "ca.key", ca_key, pkcs1),
+        server_cert=_write_cert(d / "server.crt", server_cert),
+        server_key=_write_key(d / "server.key", server_key, pkcs1),
+        wrong_host_cert=_write_cert(d / "wrong_host.crt", wrong_host_cert),
+        wrong_host_key=_write_key(d / "wrong_host.key", wrong_host_key, pkcs1),
+        expired_server_cert=_write_cert(d / "expired_server.crt", expired_cert),
+        expired_server_key=_write_key(d / "expired_server.key", expired_key, pkcs1),
+        client_cert=_write_cert(d / "client.crt", client_cert),
+        client_key=_write_key(d / "client.key", client_key, pkcs1),
+        client_key_pkcs8=_write_key(d / "client.pkcs8.key", client_key, pkcs8),
+        client_key_encrypted=_write_key(
+            d / "client.encrypted.key",
+            client_key,
+            pkcs8,
+            serialization.BestAvailableEncryption(CLIENT_KEY_PASSWORD.encode()),
+        ),
+        client_ec_cert=_write_cert(d / "client_ec.crt", client_ec_cert),
+        client_ec_key=_write_key(d / "client_ec.key", client_ec_key, pkcs1),
+        other_key=_write_key(d / "other.key", other_key, pkcs1),
+        other_ca_cert=_write_cert(d / "other_ca.crt", other_ca_cert),
+        other_ca_key=_write_key(d / "other_ca.key", other_ca_key, pkcs1),
+        other_client_cert=_write_cert(d / "other_client.crt", other_client_cert),
+        other_client_key=_write_key(d / "other_client.key", other_client_key, pkcs1),
+        fake_ca_cert=_write_cert(d / "fake_ca.crt", fake_ca_cert),
+        fake_ca_key=_write_key(d / "fake_ca.key", fake_ca_key, pkcs1),
+        fake_server_cert=_write_cert(d / "fake_server.crt", fake_server_cert),
+        fake_server_key=_write_key(d / "fake_server.key", fake_server_key, pkcs1),
+        garbage_pem=_write(d / "garbage.pem", GARBAGE_PEM.encode()),
+    )
+
+
+def write_pkcs12(directory: pathlib.Path, pki: Pki, password: str | None) -> pathlib.Path:
+    """Bundle client cert + key + CA into a PKCS#12 file and return its path.
+
+    With ``password`` the bundle is encrypted (BestAvailableEncryption),
+    otherwise it is written unencrypted. The file name reflects which.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(pki.client_cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password.encode())
+        if password is not None
+        else serialization.NoEncryption()
+    )
+    data = pkcs12.serialize_key_and_certificates(
+        name=CLIENT_COMMON_NAME.encode(),
+        key=key,  # type: ignore[arg-type]
+        cert=cert,
+        cas=[ca],
+        encryption_algorithm=encryption,
+    )
+    name = "client.p12" if password is None else "client.encrypted.p12"
+    return _write(directory / name, data, private=True)
