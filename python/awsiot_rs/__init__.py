@@ -1,0 +1,84 @@
+"""awsiot_rs: a fast, asyncio-native AWS IoT Core client with a Rust core.
+
+Quick look::
+
+    async with awsiot_rs.Client(endpoint, client_id="sensor-1",
+                                auth=awsiot_rs.MtlsAuth("device.pem.crt", "private.pem.key")) as client:
+        sub = await client.subscribe("Sensor/+/room1", qos=1)
+        await client.publish("Sensor/moisture/room1", {"temp": 10}, qos=1)
+        async for msg in sub:
+            print(msg.topic, msg.json())
+            break
+"""
+
+from __future__ import annotations
+
+import atexit
+
+from . import errors, topics
+from ._native import Message, __version__
+from ._native import shutdown as _shutdown
+from .auth import MtlsAuth
+from .client import Client
+from .config import (
+    ConnectEvent,
+    ConnectResult,
+    DisconnectEvent,
+    OfflineQueue,
+    Reconnect,
+    Will,
+)
+from .errors import (
+    AuthError,
+    AwsIotError,
+    ClientClosedError,
+    ConfigError,
+    ConnectError,
+    DisconnectedError,
+    OperationTimeout,
+    PayloadTooLarge,
+    ProtocolError,
+    ProvisioningRejected,
+    QueueFullError,
+    ServiceError,
+    ShadowRejected,
+    SubscribeError,
+    TlsError,
+    TopicError,
+)
+from .subscription import Subscription
+
+__all__ = [
+    "AuthError",
+    "AwsIotError",
+    "Client",
+    "ClientClosedError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectEvent",
+    "ConnectResult",
+    "DisconnectEvent",
+    "DisconnectedError",
+    "Message",
+    "MtlsAuth",
+    "OfflineQueue",
+    "OperationTimeout",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "ProvisioningRejected",
+    "QueueFullError",
+    "Reconnect",
+    "ServiceError",
+    "ShadowRejected",
+    "SubscribeError",
+    "Subscription",
+    "TlsError",
+    "TopicError",
+    "Will",
+    "__version__",
+    "errors",
+    "topics",
+]
+
+# Disconnect live clients and stop the runtime before the interpreter finalizes.
+atexit.register(_shutdown)

@@ -1,0 +1,370 @@
+"""``Client``: the asyncio AWS IoT Core client."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from . import _native
+from ._dispatch import Dispatcher, dispatcher_for, flush_logs, logger
+from .auth import MtlsAuth, PathLike, read_pem_file
+from .config import (
+    ConnectEvent,
+    ConnectResult,
+    DisconnectEvent,
+    OfflineQueue,
+    Payload,
+    Reconnect,
+    Will,
+    encode_payload,
+)
+from .errors import ClientClosedError, ConfigError
+from .subscription import Callback, Subscription
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Client", "LifecycleCallback"]
+
+#: ``on_connect`` / ``on_disconnect``: plain or ``async`` callables taking the event.
+LifecycleCallback = Callable[[Any], Union[None, Awaitable[None]]]
+
+_UNSET: Any = object()
+
+
+def _seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+class Client:
+    """An MQTT 3.1.1 client for AWS IoT Core.
+
+    Use ``async with Client(...) as client:`` (connects, then disconnects on exit) or call
+    ``await client.connect()`` / ``await client.disconnect()``. All I/O methods are
+    coroutines and must run on the event loop that connected the client; callbacks always run
+    on that loop's thread. Configuration errors raise ``ConfigError`` here, before any I/O.
+    See the README for every argument.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        client_id: str | None = None,
+        port: int | None = None,
+        auth: MtlsAuth | None = None,
+        ca: PathLike | bytes | None = None,
+        tls: bool = True,
+        alpn: list[str] | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        keep_alive: float = 30.0,
+        clean_session: bool = True,
+        will: Will | None = None,
+        reconnect: Reconnect | None = _UNSET,
+        offline_queue: OfflineQueue = _UNSET,
+        operation_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        limits: Literal["aws", "mqtt"] = "aws",
+        log_file: PathLike | None = None,
+        inflight: int = 100,
+        on_connect: LifecycleCallback | None = None,
+        on_disconnect: LifecycleCallback | None = None,
+    ) -> None:
+        if reconnect is _UNSET:
+            reconnect = Reconnect()
+        if offline_queue is _UNSET:
+            offline_queue = OfflineQueue()
+        if not isinstance(endpoint, str):
+            raise ConfigError(f"endpoint must be a host name (str), not {type(endpoint).__name__}")
+        if auth is not None and not isinstance(auth, MtlsAuth):
+            raise ConfigError(f"auth must be MtlsAuth or None, not {type(auth).__name__}")
+        if not tls and (auth is not None or ca is not None):
+            raise ConfigError("tls=False cannot be combined with auth or ca (they need TLS)")
+        if limits not in ("aws", "mqtt"):
+            raise ConfigError(f'limits must be "aws" or "mqtt", not {limits!r}')
+        if port is None:
+            port = 8883 if tls else 1883
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"port must be an integer 1..65535, not {port!r}")
+        if client_id is not None and not isinstance(client_id, str):
+            raise ConfigError(f"client_id must be a str, not {type(client_id).__name__}")
+        if alpn is None:
+            alpn = ["x-amzn-mqtt-ca"] if (auth is not None and port == 443) else []
+        elif isinstance(alpn, str) or not all(isinstance(p, str) and p for p in alpn):
+            raise ConfigError("alpn must be a list of non-empty protocol names, such as ['mqtt']")
+        ca_pem: bytes | None = None
+        if ca is not None:
+            ca_pem = bytes(ca) if isinstance(ca, (bytes, bytearray)) else read_pem_file(ca, "CA")
+            _native.check_ca(ca_pem)
+        if not isinstance(inflight, int) or isinstance(inflight, bool) or not 1 <= inflight <= 65535:
+            raise ConfigError(f"inflight must be an integer 1..65535, not {inflight!r}")
+        if not isinstance(offline_queue, OfflineQueue):
+            raise ConfigError("offline_queue must be an OfflineQueue")
+        if offline_queue.limit < 0:
+            raise ConfigError("OfflineQueue.limit must be >= 0")
+        will_args = None
+        if will is not None:
+            if not isinstance(will, Will):
+                raise ConfigError("will must be a Will(topic, payload, qos, retain)")
+            will_args = (will.topic, encode_payload(will.payload), will.qos, will.retain)
+        reconnect_args = None
+        if reconnect is not None:
+            if not isinstance(reconnect, Reconnect):
+                raise ConfigError("reconnect must be a Reconnect(...) or None")
+            reconnect_args = (
+                _seconds("Reconnect.min_delay", reconnect.min_delay),
+                _seconds("Reconnect.max_delay", reconnect.max_delay),
+                bool(reconnect.jitter),
+                int(reconnect.max_attempts),
+                _seconds("Reconnect.reset_after", reconnect.reset_after),
+            )
+        for name, cb in (("on_connect", on_connect), ("on_disconnect", on_disconnect)):
+            if cb is not None and not callable(cb):
+                raise ConfigError(f"{name} must be callable")
+        self._native = _native.ClientRef(
+            endpoint,
+            port,
+            client_id=client_id,
+            tls=bool(tls),
+            ca_pem=ca_pem,
+            cert_pem=auth.cert_pem if auth is not None else None,
+            key_pem=auth._key() if auth is not None else None,
+            alpn=list(alpn),
+            username=username,
+            password=password,
+            keep_alive=_seconds("keep_alive", keep_alive),
+            clean_session=bool(clean_session),
+            will=will_args,
+            limits=limits,
+            operation_timeout=_seconds("operation_timeout", operation_timeout),
+            connect_timeout=_seconds("connect_timeout", connect_timeout),
+            reconnect=reconnect_args,
+            offline_limit=offline_queue.limit,
+            offline_qos0=offline_queue.qos0,
+            log_file=os.fspath(log_file) if log_file is not None else None,
+            inflight=inflight,
+        )
+        self._endpoint = endpoint
+        self._port = port
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._dispatcher: Dispatcher | None = None
+        self._subscriptions: set[Subscription] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._entered = False
+        flush_logs()
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id (generated as ``awsiot-rs-<hex>`` when not given)."""
+        return self._native.client_id
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether a connection is up right now."""
+        return self._native.is_connected
+
+    @property
+    def session_present(self) -> bool:
+        """The session-present flag of the last CONNACK."""
+        return self._native.session_present
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``messages_sent``, ``messages_received``, ``bytes_sent``,
+        ``bytes_received``, ``inflight``, ``queued``, ``dropped``, ``reconnects``."""
+        return self._native.stats()
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _require_dispatcher(self) -> Dispatcher:
+        d = self._dispatcher
+        if d is None:
+            raise ClientClosedError("the client is not connected: call connect() first")
+        return d
+
+    async def connect(self) -> ConnectResult:
+        """Connects; raises if this first attempt fails (``ConnectError``, ``TlsError``,
+        ``AuthError``, ...). Once connected, automatic reconnect keeps the connection up."""
+        loop = asyncio.get_running_loop()
+        d = dispatcher_for(loop)
+        self._dispatcher = d
+        self._native.bind(d.native, d.add_client(self))
+        token, fut = d.new_future()
+        self._native.connect(token)
+        try:
+            session_present = await fut
+        except asyncio.CancelledError:
+            # Stop the attempt (and any reconnect loop) that nobody waits for any more.
+            stop, _ = d.new_future()
+            self._native.disconnect(stop)
+            raise
+        return ConnectResult(session_present=bool(session_present))
+
+    async def disconnect(self) -> None:
+        """Sends DISCONNECT, fails queued operations with ``ClientClosedError`` and ends every
+        subscription. Does nothing if not connected. The client can connect again later."""
+        d = self._dispatcher
+        if d is None:
+            return
+        token, fut = d.new_future()
+        self._native.disconnect(token)
+        await fut
+        # Let subscriptions see their closed queues.
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> Client:
+        if self._entered:
+            raise RuntimeError("this Client is already in an 'async with' block (not re-entrant)")
+        self._entered = True
+        try:
+            await self.connect()
+        except BaseException:
+            self._entered = False
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.disconnect()
+        finally:
+            self._entered = False
+
+    # -- publish ----------------------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, payload: Payload = b"", *, qos: int = 0, retain: bool = False
+    ) -> None:
+        """Publishes a message. ``payload`` may be bytes-like, ``str`` (UTF-8) or a
+        ``dict``/``list`` (sent as JSON). QoS 1 returns at PUBACK; QoS 0 once accepted for
+        sending. Bad input raises before anything is sent (``TopicError``,
+        ``PayloadTooLarge``, ``ConfigError`` for QoS 2)."""
+        data = encode_payload(payload)
+        if qos == 0:
+            self._native.publish(topic, data, 0, retain, None)
+            return
+        d = self._require_dispatcher()
+        token, fut = d.new_future()
+        try:
+            self._native.publish(topic, data, qos, retain, token)
+        except BaseException:
+            d.discard(token)
+            raise
+        await fut
+
+    def publish_nowait(
+        self, topic: str, payload: Payload = b"", *, qos: int = 0, retain: bool = False
+    ) -> None:
+        """Fire-and-forget publish for high rates: validates and queues, then returns. QoS 1 is
+        still acknowledged and retried; nobody awaits it. Raises ``QueueFullError`` /
+        ``DisconnectedError`` instead of waiting, per ``offline_queue``."""
+        self._native.publish(topic, encode_payload(payload), qos, retain, None)
+
+    # -- subscribe --------------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        topic_filter: str | Iterable[str],
+        *,
+        qos: int = 1,
+        callback: Callback | None = None,
+        queue_size: int = 10000,
+    ) -> Subscription:
+        """Subscribes to one filter or a list of filters and returns after SUBACK.
+
+        Without ``callback``, iterate the returned ``Subscription``. With ``callback`` (plain
+        or ``async``), each message is passed to it on the event loop thread; exceptions it
+        raises are logged and delivery continues. A broker refusal raises ``SubscribeError``.
+        """
+        filters = [topic_filter] if isinstance(topic_filter, str) else list(topic_filter)
+        if callback is not None and not callable(callback):
+            raise ConfigError("callback must be callable")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ConfigError(f"queue_size must be an integer >= 1, not {queue_size!r}")
+        d = self._require_dispatcher()
+        token, fut = d.new_future()
+        try:
+            ref = self._native.subscribe(filters, qos, queue_size, token)
+        except BaseException:
+            d.discard(token)
+            raise
+        sub = Subscription(self, ref, d, filters, callback)
+        if callback is not None:
+            self._subscriptions.add(sub)  # the client keeps callback subscriptions alive
+        try:
+            granted = await fut
+        except BaseException:
+            self._subscriptions.discard(sub)
+            sub.close_nowait()
+            raise
+        sub._granted = list(granted)
+        return sub
+
+    async def unsubscribe(self, topic_filter: str | Iterable[str]) -> None:
+        """Unsubscribes filters at the broker (returns after UNSUBACK); subscriptions left
+        without filters end."""
+        filters = [topic_filter] if isinstance(topic_filter, str) else list(topic_filter)
+        d = self._require_dispatcher()
+        token, fut = d.new_future()
+        try:
+            self._native.unsubscribe(filters, token)
+        except BaseException:
+            d.discard(token)
+            raise
+        await fut
+
+    def messages(self, *, queue_size: int = 10000) -> Subscription:
+        """Every message this client receives, whatever the subscription, as an async
+        iterator (it sends nothing to the broker)."""
+        d = self._require_dispatcher()
+        ref = self._native.messages(queue_size)
+        return Subscription(self, ref, d, [], None)
+
+    def _forget(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+
+    # -- lifecycle events -------------------------------------------------------------------
+
+    def _on_lifecycle(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "connected":
+            event: Any = ConnectEvent(session_present=bool(item[2]), reconnect=bool(item[3]))
+            callback = self._on_connect
+        else:
+            event = DisconnectEvent(reason=str(item[2]), error=item[3])
+            callback = self._on_disconnect
+        if callback is None:
+            return
+        try:
+            result = callback(event)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._lifecycle_done)
+        except Exception:
+            logger.exception("awsiot_rs: lifecycle callback raised")
+
+    def _lifecycle_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("awsiot_rs: lifecycle callback raised", exc_info=task.exception())
+
+    def __repr__(self) -> str:
+        return (
+            f"<awsiot_rs.Client endpoint={self._endpoint!r} port={self._port} "
+            f"client_id={self.client_id!r} state={self._native.state}>"
+        )

@@ -1,0 +1,389 @@
+//! `_native.ClientRef`: converts Python arguments into the core configuration and forwards
+//! calls to `core::Client`. No protocol logic here.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::core::config::{ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will};
+use crate::core::secret::Secret;
+use crate::core::tls::{self, ClientIdentity, TlsOptions};
+use crate::core::{Client, ClientEvent, Error, EventSink, Limits, SubscriptionQueue};
+use crate::py::errors::IntoPyResult;
+use crate::py::notifier::{self, Notifier, Output};
+use crate::py::runtime::{self, check_pid};
+use crate::py::subscription::SubscriptionRef;
+
+/// Every live client, so the `atexit` hook can disconnect them.
+pub static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
+
+fn seconds(what: &str, v: f64) -> crate::core::Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|_| {
+        Error::Config(format!("{what} must be a finite number of seconds ≥ 0, not {v}"))
+    })
+}
+
+/// Forwards lifecycle events to the notifier of the loop the client was last connected from.
+#[derive(Default)]
+struct SwitchSink {
+    target: Mutex<Option<Arc<dyn EventSink>>>,
+}
+
+impl EventSink for SwitchSink {
+    fn event(&self, event: ClientEvent) {
+        let target = self
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(t) = target {
+            t.event(event);
+        }
+    }
+}
+
+/// Native client handle (wrapped by `awsiot_rs.Client`).
+#[pyclass(frozen, module = "awsiot_rs._native")]
+pub struct ClientRef {
+    client: Arc<Client>,
+    sink: Arc<SwitchSink>,
+    notifier: Mutex<Option<Arc<notifier::Inner>>>,
+    pid: u32,
+}
+
+#[pymethods]
+impl ClientRef {
+    #[new]
+    #[pyo3(signature = (
+        endpoint, port, *, client_id, tls, ca_pem, cert_pem, key_pem, alpn,
+        username, password, keep_alive, clean_session, will, limits, operation_timeout,
+        connect_timeout, reconnect, offline_limit, offline_qos0, log_file, inflight
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        endpoint: String,
+        port: u16,
+        client_id: Option<String>,
+        tls: bool,
+        ca_pem: Option<Vec<u8>>,
+        cert_pem: Option<Vec<u8>>,
+        key_pem: Option<Vec<u8>>,
+        alpn: Vec<String>,
+        username: Option<String>,
+        password: Option<String>,
+        keep_alive: f64,
+        clean_session: bool,
+        will: Option<(String, Vec<u8>, i64, bool)>,
+        limits: &str,
+        operation_timeout: f64,
+        connect_timeout: f64,
+        reconnect: Option<(f64, f64, bool, u32, f64)>,
+        offline_limit: usize,
+        offline_qos0: bool,
+        log_file: Option<PathBuf>,
+        inflight: u16,
+    ) -> PyResult<Self> {
+        let build = || -> crate::core::Result<ClientConfig> {
+            let limits = Limits::parse(limits)?;
+            let transport = if tls {
+                let client_auth = match (cert_pem, key_pem) {
+                    (Some(cert_pem), Some(key_pem)) => Some(ClientIdentity {
+                        cert_pem,
+                        key_pem: Secret::new(key_pem),
+                    }),
+                    (None, None) => None,
+                    _ => {
+                        return Err(Error::Config(
+                            "a client certificate needs both the certificate and the key".into(),
+                        ))
+                    }
+                };
+                Transport::Tls(tls::client_config(&TlsOptions {
+                    ca_pem,
+                    client_auth,
+                    alpn: alpn.into_iter().map(String::into_bytes).collect(),
+                })?)
+            } else {
+                Transport::Tcp
+            };
+            let mut cfg = ClientConfig::new(endpoint, port, transport);
+            if let Some(id) = client_id {
+                cfg.client_id = id;
+                cfg.client_id_given = true;
+            }
+            cfg.username = username;
+            cfg.password = password.map(|p| Secret::new(p.into_bytes()));
+            cfg.keep_alive = seconds("keep_alive", keep_alive)?;
+            cfg.clean_session = clean_session;
+            cfg.limits = limits;
+            cfg.will = match will {
+                Some((topic, payload, qos, retain)) => Some(Will {
+                    topic,
+                    payload: Bytes::from(payload),
+                    qos: QoS::from_u8(qos)?,
+                    retain,
+                }),
+                None => None,
+            };
+            cfg.operation_timeout = seconds("operation_timeout", operation_timeout)?;
+            cfg.connect_timeout = seconds("connect_timeout", connect_timeout)?;
+            cfg.reconnect = match reconnect {
+                Some((min_delay, max_delay, jitter, max_attempts, reset_after)) => {
+                    Some(ReconnectConfig {
+                        min_delay: seconds("Reconnect.min_delay", min_delay)?,
+                        max_delay: seconds("Reconnect.max_delay", max_delay)?,
+                        jitter,
+                        max_attempts,
+                        reset_after: seconds("Reconnect.reset_after", reset_after)?,
+                    })
+                }
+                None => None,
+            };
+            cfg.offline_queue = OfflineQueueConfig {
+                limit: offline_limit,
+                qos0: offline_qos0,
+            };
+            cfg.log_file = log_file;
+            cfg.inflight = inflight;
+            Ok(cfg)
+        };
+        let config = build().py(py)?;
+        let handle = runtime::handle()?;
+        let sink = Arc::new(SwitchSink::default());
+        let client = Arc::new(
+            Client::new(config, handle, Arc::clone(&sink) as Arc<dyn EventSink>).py(py)?,
+        );
+        {
+            let mut all = CLIENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            all.retain(|w| w.strong_count() > 0);
+            all.push(Arc::downgrade(&client));
+        }
+        Ok(Self {
+            client,
+            sink,
+            notifier: Mutex::new(None),
+            pid: std::process::id(),
+        })
+    }
+
+    /// Routes results and events through `notifier` (the current loop's); lifecycle events are
+    /// tagged with `token`. Called by `connect()`.
+    fn bind(&self, notifier: &Bound<'_, Notifier>, token: u64) -> PyResult<()> {
+        check_pid(self.pid)?;
+        let n = notifier.get();
+        *self.sink.target.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(n.sink(token));
+        *self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::clone(&n.inner));
+        Ok(())
+    }
+
+    /// The MQTT client id.
+    #[getter]
+    fn client_id(&self) -> String {
+        self.client.config().client_id.clone()
+    }
+
+    /// Whether a connection is up.
+    #[getter]
+    fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// The session-present flag of the last CONNACK.
+    #[getter]
+    fn session_present(&self) -> bool {
+        self.client.session_present()
+    }
+
+    /// `closed`, `connecting`, `connected`, `reconnecting` or `closing`.
+    #[getter]
+    fn state(&self) -> &'static str {
+        match self.client.state() {
+            crate::core::State::Closed => "closed",
+            crate::core::State::Connecting => "connecting",
+            crate::core::State::Connected => "connected",
+            crate::core::State::Reconnecting => "reconnecting",
+            crate::core::State::Closing => "closing",
+        }
+    }
+
+    /// Starts connecting; future `token` completes with `session_present`.
+    fn connect(&self, py: Python<'_>, token: u64) -> PyResult<()> {
+        check_pid(self.pid)?;
+        let n = self.notifier(py)?;
+        self.client.connect(notifier::reply(&n, token, |info| {
+            Output::Connect(info)
+        }));
+        Ok(())
+    }
+
+    /// Disconnects; future `token` completes when done.
+    fn disconnect(&self, py: Python<'_>, token: u64) -> PyResult<()> {
+        check_pid(self.pid)?;
+        let n = self.notifier(py)?;
+        self.client.disconnect(notifier::reply(&n, token, |()| Output::Unit));
+        Ok(())
+    }
+
+    /// Submits a PUBLISH. With `token`, that future completes at PUBACK (QoS 1) or when written
+    /// (QoS 0); without, it is fire-and-forget.
+    #[pyo3(signature = (topic, payload, qos, retain, token=None))]
+    fn publish(
+        &self,
+        py: Python<'_>,
+        topic: String,
+        payload: &[u8],
+        qos: i64,
+        retain: bool,
+        token: Option<u64>,
+    ) -> PyResult<()> {
+        check_pid(self.pid)?;
+        let qos = QoS::from_u8(qos).py(py)?;
+        let reply = match token {
+            Some(t) => Some(notifier::reply(&self.notifier(py)?, t, |()| Output::Unit)),
+            None => None,
+        };
+        self.client
+            .publish(topic, Bytes::copy_from_slice(payload), qos, retain, reply)
+            .py(py)
+    }
+
+    /// Subscribes; future `token` completes with the granted QoS list at SUBACK.
+    fn subscribe(
+        &self,
+        py: Python<'_>,
+        filters: Vec<String>,
+        qos: i64,
+        queue_size: usize,
+        token: u64,
+    ) -> PyResult<SubscriptionRef> {
+        check_pid(self.pid)?;
+        let qos = QoS::from_u8(qos).py(py)?;
+        if queue_size == 0 {
+            return Err(Error::Config("queue_size must be at least 1".into())).py(py);
+        }
+        let n = self.notifier(py)?;
+        let queue = self.new_queue(&n, queue_size);
+        self.client
+            .subscribe(
+                filters,
+                qos,
+                Arc::clone(&queue),
+                notifier::reply(&n, token, Output::Codes),
+            )
+            .py(py)?;
+        Ok(self.subscription(n, queue))
+    }
+
+    /// A queue receiving every message the client gets (`Client.messages()`).
+    fn messages(&self, py: Python<'_>, queue_size: usize) -> PyResult<SubscriptionRef> {
+        check_pid(self.pid)?;
+        let n = self.notifier(py)?;
+        let queue = self.new_queue(&n, queue_size.max(1));
+        self.client.subscribe_all(Arc::clone(&queue)).py(py)?;
+        Ok(self.subscription(n, queue))
+    }
+
+    /// Unsubscribes filters; future `token` completes at UNSUBACK.
+    fn unsubscribe(&self, py: Python<'_>, filters: Vec<String>, token: u64) -> PyResult<()> {
+        check_pid(self.pid)?;
+        let n = self.notifier(py)?;
+        self.client
+            .unsubscribe(filters, notifier::reply(&n, token, |()| Output::Unit))
+            .py(py)
+    }
+
+    /// Checks filters as `subscribe` would, without subscribing.
+    fn validate_filters(&self, py: Python<'_>, filters: Vec<String>) -> PyResult<()> {
+        self.client.validate_filters(&filters).py(py)
+    }
+
+    /// Counters.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.client.stats();
+        let d = PyDict::new(py);
+        d.set_item("messages_sent", s.messages_sent)?;
+        d.set_item("messages_received", s.messages_received)?;
+        d.set_item("bytes_sent", s.bytes_sent)?;
+        d.set_item("bytes_received", s.bytes_received)?;
+        d.set_item("inflight", s.inflight)?;
+        d.set_item("queued", s.queued)?;
+        d.set_item("dropped", s.dropped)?;
+        d.set_item("reconnects", s.reconnects)?;
+        Ok(d)
+    }
+}
+
+impl ClientRef {
+    /// The bound notifier; before the first `connect()` there is none and nothing can run.
+    fn notifier(&self, py: Python<'_>) -> PyResult<Arc<notifier::Inner>> {
+        self.notifier
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                crate::py::errors::to_pyerr(
+                    py,
+                    &Error::Closed("the client is not connected: call connect() first".into()),
+                )
+            })
+    }
+
+    fn new_queue(&self, notifier: &Arc<notifier::Inner>, size: usize) -> Arc<SubscriptionQueue> {
+        SubscriptionQueue::new(
+            self.client.new_id(),
+            size,
+            Arc::clone(notifier) as Arc<dyn crate::core::Wake>,
+            self.client.space_notifier(),
+        )
+    }
+
+    fn subscription(&self, notifier: Arc<notifier::Inner>, queue: Arc<SubscriptionQueue>) -> SubscriptionRef {
+        SubscriptionRef {
+            queue,
+            client: Arc::clone(&self.client),
+            notifier,
+            closed: AtomicBool::new(false),
+            pid: self.pid,
+        }
+    }
+}
+
+/// Disconnects every live client and waits (without the GIL) up to `timeout` for them.
+pub fn disconnect_all(py: Python<'_>, timeout: Duration) {
+    let clients: Vec<Arc<Client>> = CLIENTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .drain(..)
+        .filter_map(|w| w.upgrade())
+        .filter(|c| c.state() != crate::core::State::Closed)
+        .collect();
+    if clients.is_empty() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    for c in &clients {
+        let tx = tx.clone();
+        c.disconnect(Box::new(move |_| {
+            let _ = tx.send(());
+        }));
+    }
+    drop(tx);
+    let n = clients.len();
+    py.detach(move || {
+        let deadline = std::time::Instant::now() + timeout;
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if rx.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+    });
+}

@@ -1,0 +1,84 @@
+//! The PyO3 binding (`awsiot_rs._native`): type conversion and asyncio bridging only.
+
+mod client;
+mod errors;
+mod logging;
+mod message;
+mod notifier;
+mod runtime;
+mod subscription;
+
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use crate::core::{tls, topic, Limits};
+use crate::py::errors::IntoPyResult;
+
+/// `awsiot_rs.topics.matches`.
+#[pyfunction]
+fn matches(topic_filter: &str, topic_name: &str) -> bool {
+    topic::matches(topic_filter, topic_name)
+}
+
+/// `awsiot_rs.topics.validate_topic`.
+#[pyfunction]
+#[pyo3(signature = (topic_name, limits="aws"))]
+fn validate_topic(py: Python<'_>, topic_name: &str, limits: &str) -> PyResult<()> {
+    let limits = Limits::parse(limits).py(py)?;
+    topic::validate_topic(topic_name, limits).py(py)
+}
+
+/// `awsiot_rs.topics.validate_filter`.
+#[pyfunction]
+#[pyo3(signature = (topic_filter, limits="aws"))]
+fn validate_filter(py: Python<'_>, topic_filter: &str, limits: &str) -> PyResult<()> {
+    let limits = Limits::parse(limits).py(py)?;
+    topic::validate_filter(topic_filter, limits).py(py)
+}
+
+/// Checks a client certificate and key (PEM bytes): both parse and belong together.
+#[pyfunction]
+fn check_identity(py: Python<'_>, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> PyResult<()> {
+    let identity = tls::ClientIdentity {
+        cert_pem,
+        key_pem: crate::core::secret::Secret::new(key_pem),
+    };
+    tls::check_identity(&identity).map(|_| ()).py(py)
+}
+
+/// Checks CA certificates (PEM bytes).
+#[pyfunction]
+fn check_ca(py: Python<'_>, ca_pem: &[u8]) -> PyResult<usize> {
+    tls::parse_certificates(ca_pem, "the CA file").map(|c| c.len()).py(py)
+}
+
+/// Disconnects every client and stops the runtime (the `atexit` hook).
+#[pyfunction]
+#[pyo3(signature = (timeout=1.0))]
+fn shutdown(py: Python<'_>, timeout: f64) {
+    let t = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(1));
+    client::disconnect_all(py, t);
+    runtime::shutdown(py, Duration::from_millis(500));
+}
+
+/// The native module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::install();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<notifier::Notifier>()?;
+    m.add_class::<client::ClientRef>()?;
+    m.add_class::<subscription::SubscriptionRef>()?;
+    m.add_class::<message::PyMessage>()?;
+    m.add_function(wrap_pyfunction!(matches, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_topic, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_filter, m)?)?;
+    m.add_function(wrap_pyfunction!(check_identity, m)?)?;
+    m.add_function(wrap_pyfunction!(check_ca, m)?)?;
+    m.add_function(wrap_pyfunction!(shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::drain_logs, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::dropped_logs, m)?)?;
+    Ok(())
+}
