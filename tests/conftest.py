@@ -9,14 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-# Make ``tests.support`` importable however pytest is invoked (``pytest`` vs
-# ``python -m pytest``, any import mode): put the repository root on sys.path.
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-    sys.path.append(_REPO_ROOT)  # append: never shadow the installed package
-
-from tests.support.certs import Pki, make_pki  # noqa: E402
-from tests.support.mosquitto import Mosquitto, MosquittoError, find_mosquitto  # noqa: E402
+# ``support`` is importable because pyproject sets pytest's pythonpath to ``tests``.
+from support.certs import Pki, make_pki
+from support.mosquitto import Mosquitto, MosquittoError, find_mosquitto
 
 _MARKERS = {
     "broker": "needs the session mosquitto broker",
@@ -60,3 +55,33 @@ def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosqu
 def unique_topic() -> str:
     """A topic name no other test uses, e.g. ``test/3f2a...``."""
     return f"test/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def plain_client(broker: Mosquitto):  # type: ignore[no-untyped-def]
+    """Builds clients for the plain (TCP) listener: ``plain_client(**overrides)``."""
+    import awsiot_rs
+
+    def make(**kwargs: object) -> awsiot_rs.Client:
+        opts: dict[str, object] = {"port": broker.port, "tls": False, "limits": "mqtt"}
+        opts.update(kwargs)
+        return awsiot_rs.Client("127.0.0.1", **opts)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def mtls_client(broker: Mosquitto, pki: Pki):  # type: ignore[no-untyped-def]
+    """Builds clients for the mutual-TLS listener (endpoint ``localhost``, the test CA)."""
+    import awsiot_rs
+
+    def make(**kwargs: object) -> awsiot_rs.Client:
+        opts: dict[str, object] = {
+            "port": broker.mtls_port,
+            "ca": pki.ca_cert,
+            "auth": awsiot_rs.MtlsAuth(pki.client_cert, pki.client_key),
+        }
+        opts.update(kwargs)
+        return awsiot_rs.Client("localhost", **opts)  # type: ignore[arg-type]
+
+    return make

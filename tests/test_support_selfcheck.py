@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.certs import CLIENT_KEY_PASSWORD, GARBAGE_PEM, Pki, make_pki, write_pkcs12
-from tests.support.mosquitto import HOST, Mosquitto
-from tests.support.tls_server import CONNACK_ACCEPTED, RecordingTlsServer, parse_client_hello
+from support.certs import CLIENT_KEY_PASSWORD, GARBAGE_PEM, Pki, make_pki, write_pkcs12
+from support.mosquitto import HOST, Mosquitto
+from support.tls_server import CONNACK_ACCEPTED, RecordingTlsServer, parse_client_hello
 
 TIMEOUT = 5.0
 

@@ -255,10 +255,12 @@ class Client:
         sending. Bad input raises before anything is sent (``TopicError``,
         ``PayloadTooLarge``, ``ConfigError`` for QoS 2)."""
         data = encode_payload(payload)
-        if qos == 0:
-            self._native.publish(topic, data, 0, retain, None)
+        d = self._dispatcher
+        if qos == 0 or d is None:
+            # QoS 0 completes once queued; before connect() this validates, then raises
+            # ClientClosedError.
+            self._native.publish(topic, data, qos, retain, None)
             return
-        d = self._require_dispatcher()
         token, fut = d.new_future()
         try:
             self._native.publish(topic, data, qos, retain, token)
@@ -296,6 +298,7 @@ class Client:
             raise ConfigError("callback must be callable")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ConfigError(f"queue_size must be an integer >= 1, not {queue_size!r}")
+        self._native.validate_subscribe(filters, qos)
         d = self._require_dispatcher()
         token, fut = d.new_future()
         try:

@@ -76,15 +76,14 @@ class Subscription:
         return self._closed
 
     def _on_ready(self) -> None:
-        if self._callback is not None:
-            if self._is_async_callback:
-                if self._callback_task is None or self._callback_task.done():
-                    self._callback_task = self._dispatcher.loop.create_task(
-                        self._run_async_callbacks(), name=f"awsiot_rs-callback-{self._ref.id}"
-                    )
-            else:
-                self._run_sync_callbacks()
+        if self._callback is not None and not self._is_async_callback:
+            self._run_sync_callbacks()
             return
+        if self._is_async_callback and (self._callback_task is None or self._callback_task.done()):
+            # One task per subscription awaits the callbacks in order.
+            self._callback_task = self._dispatcher.loop.create_task(
+                self._run_async_callbacks(), name=f"awsiot_rs-callback-{self._ref.id}"
+            )
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             if not w.done():

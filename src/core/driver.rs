@@ -571,6 +571,8 @@ impl Driver {
             let detail = if opened.session_present { "session_present=1" } else { "session_present=0" };
             t.record(Direction::In, &Entry { kind: "CONNACK", topic: None, pkid: 0, qos: None, size: 4, payload: None, detail: Some(detail) });
         }
+        add(&self.shared.stats.bytes_sent, opened.connect_size);
+        add(&self.shared.stats.bytes_received, 4);
         self.restore_session(&mut conn, opened.session_present);
         // Packets that arrived right behind the CONNACK.
         if let Err(e) = self.process_incoming(&mut conn) {

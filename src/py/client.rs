@@ -246,9 +246,16 @@ impl ClientRef {
     ) -> PyResult<()> {
         check_pid(self.pid)?;
         let qos = QoS::from_u8(qos).py(py)?;
-        let reply = match token {
-            Some(t) => Some(notifier::reply(&self.notifier(py)?, t, |()| Output::Unit)),
-            None => None,
+        // Before the first connect() there is no notifier: the core then refuses the publish
+        // (after validating it) and the reply is never needed.
+        let bound = self
+            .notifier
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let reply = match (token, bound) {
+            (Some(t), Some(n)) => Some(notifier::reply(&n, t, |()| Output::Unit)),
+            _ => None,
         };
         self.client
             .publish(topic, Bytes::copy_from_slice(payload), qos, retain, reply)
@@ -300,8 +307,9 @@ impl ClientRef {
             .py(py)
     }
 
-    /// Checks filters as `subscribe` would, without subscribing.
-    fn validate_filters(&self, py: Python<'_>, filters: Vec<String>) -> PyResult<()> {
+    /// Checks filters and QoS as `subscribe` would, without subscribing.
+    fn validate_subscribe(&self, py: Python<'_>, filters: Vec<String>, qos: i64) -> PyResult<()> {
+        QoS::from_u8(qos).py(py)?;
         self.client.validate_filters(&filters).py(py)
     }
 
