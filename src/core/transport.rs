@@ -50,6 +50,9 @@ fn describe_tls(e: &rustls::Error) -> String {
         E::InvalidCertificate(C::UnknownIssuer) => {
             "the server certificate is not signed by a trusted CA (UnknownIssuer)".into()
         }
+        E::InvalidCertificate(C::BadSignature) => {
+            "the server certificate's signature does not verify against the trusted CA of that name (BadSignature: an impostor CA?)".into()
+        }
         E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
             "the server certificate is not valid for this host name (NotValidForName)".into()
         }
