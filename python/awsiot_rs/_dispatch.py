@@ -54,7 +54,7 @@ class Dispatcher:
 
     def add_source(self, source: int, on_ready: Callable[[], None]) -> None:
         """Calls ``on_ready()`` when subscription ``source`` has messages (weakly held)."""
-        self._sources[source] = weakref.WeakMethod(on_ready)  # type: ignore[arg-type]
+        self._sources[source] = weakref.WeakMethod(on_ready)
 
     def remove_source(self, source: int) -> None:
         """Stops reporting ``source``."""

@@ -92,8 +92,12 @@ mod tests {
         let mut b = Backoff::new(cfg(true));
         for k in 0..20u32 {
             let d = b.next_delay(&mut rng);
-            let ceiling = Duration::from_millis(500 * 2u64.pow(k.min(10))).min(Duration::from_secs(5));
-            assert!(d >= Duration::from_millis(500) && d <= ceiling, "{k}: {d:?}");
+            let ceiling =
+                Duration::from_millis(500 * 2u64.pow(k.min(10))).min(Duration::from_secs(5));
+            assert!(
+                d >= Duration::from_millis(500) && d <= ceiling,
+                "{k}: {d:?}"
+            );
         }
     }
 

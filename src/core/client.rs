@@ -400,7 +400,9 @@ impl Client {
     pub fn validate_filters(&self, filters: &[String]) -> Result<()> {
         let limits = self.shared.config.limits;
         if filters.is_empty() {
-            return Err(Error::Config("subscribe needs at least one topic filter".into()));
+            return Err(Error::Config(
+                "subscribe needs at least one topic filter".into(),
+            ));
         }
         if limits == Limits::Aws && filters.len() > AWS_MAX_FILTERS_PER_SUBSCRIBE {
             return Err(Error::Config(format!(
@@ -487,7 +489,9 @@ impl Client {
     pub fn unsubscribe(&self, filters: Vec<String>, reply: Reply<()>) -> Result<()> {
         let limits = self.shared.config.limits;
         if filters.is_empty() {
-            return Err(Error::Config("unsubscribe needs at least one topic filter".into()));
+            return Err(Error::Config(
+                "unsubscribe needs at least one topic filter".into(),
+            ));
         }
         for f in &filters {
             topic::validate_filter(f, limits)?;
@@ -507,16 +511,17 @@ impl Client {
         if self.state() != State::Closed {
             self.shared.set_state(State::Closing);
         }
+        let shared = Arc::clone(&self.shared);
         self.runtime.spawn(async move {
-            if let Err(mpsc::error::SendError(cmd)) = tx.send(Command::Disconnect { reply: Some(reply) }).await {
-                // The driver already stopped (connection given up): nothing left to do.
-                if let Command::Disconnect { reply: Some(r) } = cmd {
-                    r(Ok(()));
-                }
+            if let Err(mpsc::error::SendError(Command::Disconnect { reply: Some(r) })) =
+                tx.send(Command::Disconnect { reply: Some(reply) }).await
+            {
+                // The driver already stopped (first connect failed or reconnect gave up).
+                shared.set_state(State::Closed);
+                r(Ok(()));
             }
         });
     }
-
 }
 
 /// Completes a command that never reached the driver because it had already stopped.

@@ -257,7 +257,11 @@ impl ClientConfig {
                 )));
             }
         }
-        let max_inflight = if self.limits == Limits::Aws { 100 } else { 65_535 };
+        let max_inflight = if self.limits == Limits::Aws {
+            100
+        } else {
+            65_535
+        };
         if self.inflight == 0 || self.inflight > max_inflight {
             return Err(Error::Config(format!(
                 "inflight must be 1..={max_inflight}, not {}",
@@ -288,9 +292,9 @@ impl ClientConfig {
             Limits::Aws if id.starts_with('$') => Err(Error::Config(
                 "client_id must not start with '$' (reserved by AWS IoT)".into(),
             )),
-            Limits::Mqtt if id.len() > 65_535 => Err(Error::Config(
-                "client_id is longer than 65535 bytes".into(),
-            )),
+            Limits::Mqtt if id.len() > 65_535 => {
+                Err(Error::Config("client_id is longer than 65535 bytes".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -365,7 +369,11 @@ mod tests {
     use super::*;
 
     fn base() -> ClientConfig {
-        let mut c = ClientConfig::new("example-ats.iot.us-east-1.amazonaws.com", 8883, Transport::Tcp);
+        let mut c = ClientConfig::new(
+            "example-ats.iot.us-east-1.amazonaws.com",
+            8883,
+            Transport::Tcp,
+        );
         c.client_id = "dev-1".into();
         c.client_id_given = true;
         c
@@ -411,17 +419,32 @@ mod tests {
         assert!(c.validate().is_ok());
         let mut c = ClientConfig::new("h", 1883, Transport::Tcp);
         c.clean_session = false;
-        assert!(c.validate().unwrap_err().to_string().contains("explicit client_id"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("explicit client_id"));
     }
 
     #[test]
     fn endpoints_must_be_bare_hosts() {
-        for bad in ["", "mqtts://h", "h/mqtt", "h:8883", "a b", "-bad-.example..com"] {
+        for bad in [
+            "",
+            "mqtts://h",
+            "h/mqtt",
+            "h:8883",
+            "a b",
+            "-bad-.example..com",
+        ] {
             let mut c = base();
             c.endpoint = bad.into();
             assert!(c.validate().is_err(), "{bad}");
         }
-        for good in ["localhost", "127.0.0.1", "a-ats.iot.eu-west-1.amazonaws.com"] {
+        for good in [
+            "localhost",
+            "127.0.0.1",
+            "a-ats.iot.eu-west-1.amazonaws.com",
+        ] {
             assert!(validate_endpoint(good).is_ok(), "{good}");
         }
     }

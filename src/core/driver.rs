@@ -14,13 +14,17 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rumqttc::{Packet, PubAck, Publish, Subscribe, SubscribeFilter, SubscribeReasonCode, Unsubscribe};
+use rumqttc::{
+    Packet, PubAck, Publish, Subscribe, SubscribeFilter, SubscribeReasonCode, Unsubscribe,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::core::backoff::Backoff;
-use crate::core::client::{add, ClientEvent, Command, ConnectInfo, OutPublish, Reply, Shared, State};
+use crate::core::client::{
+    add, ClientEvent, Command, ConnectInfo, OutPublish, Reply, Shared, State,
+};
 use crate::core::config::{QoS, AWS_MAX_FILTERS_PER_SUBSCRIBE};
 use crate::core::error::{DisconnectReason, Error, Result};
 use crate::core::inflight::Inflight;
@@ -55,15 +59,26 @@ struct OpEntry {
 
 /// Work waiting for a packet id or for the connection. `op` 0 = internal (never expires).
 enum Queued {
-    Publish { publish: Publish, op: u64 },
-    Subscribe { filters: Vec<(String, QoS)>, op: u64 },
-    Unsubscribe { filters: Vec<String>, op: u64 },
+    Publish {
+        publish: Publish,
+        op: u64,
+    },
+    Subscribe {
+        filters: Vec<(String, QoS)>,
+        op: u64,
+    },
+    Unsubscribe {
+        filters: Vec<String>,
+        op: u64,
+    },
 }
 
 impl Queued {
     fn op(&self) -> u64 {
         match self {
-            Self::Publish { op, .. } | Self::Subscribe { op, .. } | Self::Unsubscribe { op, .. } => *op,
+            Self::Publish { op, .. }
+            | Self::Subscribe { op, .. }
+            | Self::Unsubscribe { op, .. } => *op,
         }
     }
 
@@ -197,7 +212,9 @@ impl Driver {
                 Ok(opened) => {
                     let reconnect = connect_reply.is_none();
                     let session_present = opened.session_present;
-                    self.shared.session_present.store(session_present, Ordering::Release);
+                    self.shared
+                        .session_present
+                        .store(session_present, Ordering::Release);
                     self.shared.set_state(State::Connected);
                     if reconnect {
                         self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -437,7 +454,10 @@ impl Driver {
                     return;
                 }
                 let to_send = self.router.add(id, &filters, queue);
-                let what = format!("SUBSCRIBE to {:?}", filters.iter().map(|(f, _)| f).collect::<Vec<_>>());
+                let what = format!(
+                    "SUBSCRIBE to {:?}",
+                    filters.iter().map(|(f, _)| f).collect::<Vec<_>>()
+                );
                 let op = self.new_op(OpReply::Codes(reply), what, Some(id));
                 self.outbox.push_back(Queued::Subscribe {
                     filters: to_send,
@@ -491,7 +511,9 @@ impl Driver {
 
     /// Fails everything still waiting and ends every subscription.
     fn give_up(&mut self, e: &Error) {
-        let err = Error::Disconnected(format!("the connection is down and will not be retried: {e}"));
+        let err = Error::Disconnected(format!(
+            "the connection is down and will not be retried: {e}"
+        ));
         self.fail_all(&err);
     }
 
@@ -567,9 +589,35 @@ impl Driver {
             ping_sent: None,
         };
         if let Some(t) = self.traffic.as_mut() {
-            t.record(Direction::Out, &Entry { kind: "CONNECT", topic: None, pkid: 0, qos: None, size: opened.connect_size, payload: None, detail: None });
-            let detail = if opened.session_present { "session_present=1" } else { "session_present=0" };
-            t.record(Direction::In, &Entry { kind: "CONNACK", topic: None, pkid: 0, qos: None, size: 4, payload: None, detail: Some(detail) });
+            t.record(
+                Direction::Out,
+                &Entry {
+                    kind: "CONNECT",
+                    topic: None,
+                    pkid: 0,
+                    qos: None,
+                    size: opened.connect_size,
+                    payload: None,
+                    detail: None,
+                },
+            );
+            let detail = if opened.session_present {
+                "session_present=1"
+            } else {
+                "session_present=0"
+            };
+            t.record(
+                Direction::In,
+                &Entry {
+                    kind: "CONNACK",
+                    topic: None,
+                    pkid: 0,
+                    qos: None,
+                    size: 4,
+                    payload: None,
+                    detail: Some(detail),
+                },
+            );
         }
         add(&self.shared.stats.bytes_sent, opened.connect_size);
         add(&self.shared.stats.bytes_received, 4);
@@ -669,11 +717,24 @@ impl Driver {
                 if let Some(t) = self.traffic.as_mut() {
                     let (pkid, topic) = match packet {
                         Packet::PubAck(a) => (a.pkid, None),
-                        Packet::Subscribe(s) => (s.pkid, s.filters.first().map(|f| f.path.as_str())),
+                        Packet::Subscribe(s) => {
+                            (s.pkid, s.filters.first().map(|f| f.path.as_str()))
+                        }
                         Packet::Unsubscribe(u) => (u.pkid, u.topics.first().map(String::as_str)),
                         _ => (0, None),
                     };
-                    t.record(Direction::Out, &Entry { kind: packet_name(packet), topic, pkid, qos: None, size, payload: None, detail: None });
+                    t.record(
+                        Direction::Out,
+                        &Entry {
+                            kind: packet_name(packet),
+                            topic,
+                            pkid,
+                            qos: None,
+                            size,
+                            payload: None,
+                            detail: None,
+                        },
+                    );
                 }
             }
             Err(e) => log::error!("cannot encode {}: {e}", packet_name(packet)),
@@ -681,7 +742,13 @@ impl Driver {
     }
 
     /// Encodes a queued operation under `pkid` (0 for QoS 0 publishes).
-    fn write_queued(&mut self, conn: &mut Conn, q: &mut Queued, pkid: u16, dup: bool) -> Result<()> {
+    fn write_queued(
+        &mut self,
+        conn: &mut Conn,
+        q: &mut Queued,
+        pkid: u16,
+        dup: bool,
+    ) -> Result<()> {
         let result = match q {
             Queued::Publish { publish, .. } => {
                 publish.pkid = pkid;
@@ -719,7 +786,9 @@ impl Driver {
     /// Moves queued operations onto the wire while packet ids and buffer room allow.
     fn fill(&mut self, conn: &mut Conn) -> Result<()> {
         while conn.wbuf.len() < WBUF_HIGH {
-            let Some(front) = self.outbox.front() else { break };
+            let Some(front) = self.outbox.front() else {
+                break;
+            };
             let pkid = if front.needs_pkid() {
                 match self.inflight.free_pkid() {
                     Some(p) => p,
@@ -728,7 +797,9 @@ impl Driver {
             } else {
                 0
             };
-            let Some(mut q) = self.outbox.pop_front() else { break };
+            let Some(mut q) = self.outbox.pop_front() else {
+                break;
+            };
             let op = q.op();
             if op != 0 && !self.ops.contains_key(&op) {
                 continue; // timed out while queued: the caller was told; do not send it late
@@ -736,7 +807,10 @@ impl Driver {
             self.write_queued(conn, &mut q, pkid, false)?;
             let is_publish = matches!(q, Queued::Publish { .. });
             if is_publish {
-                self.shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .messages_sent
+                    .fetch_add(1, Ordering::Relaxed);
             }
             if pkid == 0 {
                 self.complete(op, Ok(Vec::new()));
@@ -750,10 +824,13 @@ impl Driver {
 
     fn publish_counts(&self) {
         let stats = &self.shared.stats;
-        stats
-            .inflight
-            .store(u64::try_from(self.inflight.len()).unwrap_or(0), Ordering::Relaxed);
-        self.shared.outbox_len.store(self.outbox.len(), Ordering::Relaxed);
+        stats.inflight.store(
+            u64::try_from(self.inflight.len()).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        self.shared
+            .outbox_len
+            .store(self.outbox.len(), Ordering::Relaxed);
     }
 
     /// After CONNACK: resend what is in flight and restore subscriptions as the session needs.
@@ -824,7 +901,11 @@ impl Driver {
                         self.max_packet
                     )))
                 }
-                Err(e) => return Err(Error::Protocol(format!("malformed packet from the broker: {e}"))),
+                Err(e) => {
+                    return Err(Error::Protocol(format!(
+                        "malformed packet from the broker: {e}"
+                    )))
+                }
             };
             let size = before - conn.rbuf.len();
             self.handle_packet(conn, packet, size)?;
@@ -841,15 +922,34 @@ impl Driver {
         let name = packet_name(&packet);
         match packet {
             Packet::Publish(p) => {
-                self.log_in(Entry { kind: name, topic: Some(&p.topic), pkid: p.pkid, qos: Some(p.qos as u8), size, payload: Some(p.payload.len()), detail: if p.dup { Some("dup=1") } else { None } });
+                self.log_in(Entry {
+                    kind: name,
+                    topic: Some(&p.topic),
+                    pkid: p.pkid,
+                    qos: Some(p.qos as u8),
+                    size,
+                    payload: Some(p.payload.len()),
+                    detail: if p.dup { Some("dup=1") } else { None },
+                });
                 self.inbound_publish(conn, p)
             }
             Packet::PubAck(a) => {
-                self.log_in(Entry { kind: name, topic: None, pkid: a.pkid, qos: None, size, payload: None, detail: None });
+                self.log_in(Entry {
+                    kind: name,
+                    topic: None,
+                    pkid: a.pkid,
+                    qos: None,
+                    size,
+                    payload: None,
+                    detail: None,
+                });
                 match self.inflight.remove(a.pkid) {
                     Some(Queued::Publish { op, .. }) => self.complete(op, Ok(Vec::new())),
                     Some(other) => {
-                        log::warn!("PUBACK for packet id {} which is not a PUBLISH: ignored", a.pkid);
+                        log::warn!(
+                            "PUBACK for packet id {} which is not a PUBLISH: ignored",
+                            a.pkid
+                        );
                         self.inflight.insert_at(a.pkid, other);
                     }
                     None => log::warn!("unsolicited PUBACK for packet id {}: ignored", a.pkid),
@@ -866,12 +966,26 @@ impl Driver {
                     })
                     .collect();
                 let detail = format!("codes={codes:?}");
-                self.log_in(Entry { kind: name, topic: None, pkid: s.pkid, qos: None, size, payload: None, detail: Some(&detail) });
+                self.log_in(Entry {
+                    kind: name,
+                    topic: None,
+                    pkid: s.pkid,
+                    qos: None,
+                    size,
+                    payload: None,
+                    detail: Some(&detail),
+                });
                 match self.inflight.remove(s.pkid) {
                     Some(Queued::Subscribe { filters, op }) => {
                         if codes.len() != filters.len() {
-                            self.complete(op, Err(Error::Protocol(format!(
-                                "SUBACK has {} return codes for {} filters", codes.len(), filters.len()))));
+                            self.complete(
+                                op,
+                                Err(Error::Protocol(format!(
+                                    "SUBACK has {} return codes for {} filters",
+                                    codes.len(),
+                                    filters.len()
+                                ))),
+                            );
                             return Ok(());
                         }
                         let refused: Vec<String> = filters
@@ -888,7 +1002,10 @@ impl Driver {
                         }
                     }
                     Some(other) => {
-                        log::warn!("SUBACK for packet id {} which is not a SUBSCRIBE: ignored", s.pkid);
+                        log::warn!(
+                            "SUBACK for packet id {} which is not a SUBSCRIBE: ignored",
+                            s.pkid
+                        );
                         self.inflight.insert_at(s.pkid, other);
                     }
                     None => log::warn!("unsolicited SUBACK for packet id {}: ignored", s.pkid),
@@ -896,11 +1013,22 @@ impl Driver {
                 Ok(())
             }
             Packet::UnsubAck(u) => {
-                self.log_in(Entry { kind: name, topic: None, pkid: u.pkid, qos: None, size, payload: None, detail: None });
+                self.log_in(Entry {
+                    kind: name,
+                    topic: None,
+                    pkid: u.pkid,
+                    qos: None,
+                    size,
+                    payload: None,
+                    detail: None,
+                });
                 match self.inflight.remove(u.pkid) {
                     Some(Queued::Unsubscribe { op, .. }) => self.complete(op, Ok(Vec::new())),
                     Some(other) => {
-                        log::warn!("UNSUBACK for packet id {} which is not an UNSUBSCRIBE: ignored", u.pkid);
+                        log::warn!(
+                            "UNSUBACK for packet id {} which is not an UNSUBSCRIBE: ignored",
+                            u.pkid
+                        );
                         self.inflight.insert_at(u.pkid, other);
                     }
                     None => log::warn!("unsolicited UNSUBACK for packet id {}: ignored", u.pkid),
@@ -908,12 +1036,28 @@ impl Driver {
                 Ok(())
             }
             Packet::PingResp => {
-                self.log_in(Entry { kind: name, topic: None, pkid: 0, qos: None, size, payload: None, detail: None });
+                self.log_in(Entry {
+                    kind: name,
+                    topic: None,
+                    pkid: 0,
+                    qos: None,
+                    size,
+                    payload: None,
+                    detail: None,
+                });
                 conn.ping_sent = None;
                 Ok(())
             }
             other => {
-                self.log_in(Entry { kind: name, topic: None, pkid: 0, qos: None, size, payload: None, detail: None });
+                self.log_in(Entry {
+                    kind: name,
+                    topic: None,
+                    pkid: 0,
+                    qos: None,
+                    size,
+                    payload: None,
+                    detail: None,
+                });
                 Err(Error::Protocol(format!(
                     "the broker sent {name}, which a server never sends to an MQTT 3.1.1 client at this point",
                     name = packet_name(&other)
@@ -932,7 +1076,10 @@ impl Driver {
         if qos == 1 && p.pkid == 0 {
             return Err(Error::Protocol("QoS 1 PUBLISH with packet id 0".into()));
         }
-        self.shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
         let message = Message {
             topic: Arc::from(p.topic.as_str()),
             payload: p.payload,

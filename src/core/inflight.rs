@@ -159,14 +159,21 @@ mod tests {
         while next_payload < 10_000 || !live.is_empty() {
             while next_payload < 10_000 && !table.is_full() {
                 let pkid = table.insert(next_payload).unwrap();
-                assert!(live.iter().all(|(p, _)| *p != pkid), "pkid {pkid} reused while in flight");
+                assert!(
+                    live.iter().all(|(p, _)| *p != pkid),
+                    "pkid {pkid} reused while in flight"
+                );
                 live.push((pkid, next_payload));
                 next_payload += 1;
             }
             live.shuffle(&mut rng);
             let k = (live.len() / 3).max(1);
             for (pkid, payload) in live.drain(..k) {
-                assert_eq!(table.remove(pkid), Some(payload), "ack {pkid} resolved the wrong entry");
+                assert_eq!(
+                    table.remove(pkid),
+                    Some(payload),
+                    "ack {pkid} resolved the wrong entry"
+                );
                 resolved.push(payload);
             }
         }

@@ -102,9 +102,7 @@ impl SubscriptionQueue {
         let qos = message.qos;
         let (outcome, wake) = {
             let mut s = self.lock();
-            if s.closed {
-                (PushOutcome::Dropped, false)
-            } else if s.items.len() >= self.capacity && qos == 0 {
+            if s.closed || (s.items.len() >= self.capacity && qos == 0) {
                 (PushOutcome::Dropped, false)
             } else {
                 s.items.push_back(message);
@@ -240,9 +238,16 @@ mod tests {
         let b = q.pop_batch(1);
         assert_eq!(b.messages.len(), 1);
         q.push(msg(0, 3));
-        assert_eq!(wake.0.load(Ordering::SeqCst), 1, "still not drained: no new wake");
+        assert_eq!(
+            wake.0.load(Ordering::SeqCst),
+            1,
+            "still not drained: no new wake"
+        );
         let b = q.pop_batch(100);
-        assert_eq!(b.messages.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            b.messages.iter().map(|m| m.payload[0]).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         q.push(msg(0, 4));
         assert_eq!(wake.0.load(Ordering::SeqCst), 2);
     }

@@ -212,7 +212,14 @@ mod tests {
         let a = queue(1, 10);
         let b = queue(2, 10);
         let all = queue(3, 10);
-        r.add(1, &[("s/+/r1".into(), QoS::AtLeastOnce), ("s/#".into(), QoS::AtMostOnce)], a.clone());
+        r.add(
+            1,
+            &[
+                ("s/+/r1".into(), QoS::AtLeastOnce),
+                ("s/#".into(), QoS::AtMostOnce),
+            ],
+            a.clone(),
+        );
         r.add(2, &[("other".into(), QoS::AtMostOnce)], b.clone());
         r.add_catch_all(3, all.clone());
         let routed = r.route(&msg("s/t/r1", 0));
@@ -227,7 +234,10 @@ mod tests {
         let mut r = Router::default();
         r.add(1, &[("a".into(), QoS::AtMostOnce)], queue(1, 1));
         r.add(2, &[("a".into(), QoS::AtLeastOnce)], queue(2, 1));
-        assert_eq!(r.broker_filters(), vec![("a".to_string(), QoS::AtLeastOnce)]);
+        assert_eq!(
+            r.broker_filters(),
+            vec![("a".to_string(), QoS::AtLeastOnce)]
+        );
         assert!(r.remove(1).is_empty());
         assert_eq!(r.remove(2), vec!["a".to_string()]);
         assert!(r.broker_filters().is_empty());
@@ -238,7 +248,11 @@ mod tests {
     fn removing_filters_closes_subscriptions_left_empty() {
         let mut r = Router::default();
         let q = queue(1, 1);
-        r.add(1, &[("a".into(), QoS::AtMostOnce), ("b".into(), QoS::AtMostOnce)], q.clone());
+        r.add(
+            1,
+            &[("a".into(), QoS::AtMostOnce), ("b".into(), QoS::AtMostOnce)],
+            q.clone(),
+        );
         assert_eq!(r.remove_filters(&["a".into()]), vec!["a".to_string()]);
         assert!(!q.is_closed());
         r.remove_filters(&["b".into()]);

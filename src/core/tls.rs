@@ -148,10 +148,15 @@ impl rustls::client::ResolvesClientCert for DeviceCertificate {
 fn default_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     // Amazon Root CA 1 (RSA) and 3 (ECC) sign the AWS IoT ATS endpoints.
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().filter(|anchor| {
-        let subject: &[u8] = anchor.subject.as_ref();
-        contains(subject, b"Amazon Root CA 1") || contains(subject, b"Amazon Root CA 3")
-    }).cloned());
+    roots.extend(
+        webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .filter(|anchor| {
+                let subject: &[u8] = anchor.subject.as_ref();
+                contains(subject, b"Amazon Root CA 1") || contains(subject, b"Amazon Root CA 3")
+            })
+            .cloned(),
+    );
     let native = rustls_native_certs::load_native_certs();
     if !native.errors.is_empty() {
         log::debug!(
@@ -160,7 +165,9 @@ fn default_roots() -> RootCertStore {
         );
     }
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
-    log::debug!("trust store: Amazon Root CA 1 and 3, {added} system roots ({ignored} unparsable ignored)");
+    log::debug!(
+        "trust store: Amazon Root CA 1 and 3, {added} system roots ({ignored} unparsable ignored)"
+    );
     roots
 }
 

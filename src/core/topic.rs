@@ -240,8 +240,14 @@ mod tests {
     fn leading_wildcards_never_match_dollar_topics() {
         assert!(!matches("#", "$aws/things/t/shadow/update"));
         assert!(!matches("+/things/#", "$aws/things/x"));
-        assert!(matches("$aws/things/+/shadow/#", "$aws/things/t/shadow/update/delta"));
-        assert!(matches("$aws/events/presence/connected/+", "$aws/events/presence/connected/c1"));
+        assert!(matches(
+            "$aws/things/+/shadow/#",
+            "$aws/things/t/shadow/update/delta"
+        ));
+        assert!(matches(
+            "$aws/events/presence/connected/+",
+            "$aws/events/presence/connected/c1"
+        ));
     }
 
     #[test]

@@ -174,7 +174,10 @@ mod tests {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("OUT PUBLISH"), "{text}");
-        assert!(text.contains("topic=\"a/b\" pkid=3 qos=1 size=42 payload=30"), "{text}");
+        assert!(
+            text.contains("topic=\"a/b\" pkid=3 qos=1 size=42 payload=30"),
+            "{text}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

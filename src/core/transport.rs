@@ -81,7 +81,12 @@ fn describe_tls(e: &rustls::Error) -> String {
 async fn tcp(cfg: &ClientConfig) -> Result<TcpStream> {
     let tcp = TcpStream::connect((cfg.endpoint.as_str(), cfg.port))
         .await
-        .map_err(|e| Error::Connect(format!("TCP connect to {}:{} failed: {e}", cfg.endpoint, cfg.port)))?;
+        .map_err(|e| {
+            Error::Connect(format!(
+                "TCP connect to {}:{} failed: {e}",
+                cfg.endpoint, cfg.port
+            ))
+        })?;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
 }
@@ -91,8 +96,13 @@ async fn open_stream(cfg: &ClientConfig) -> Result<Stream> {
     match &cfg.transport {
         Transport::Tcp => Ok(Box::new(tcp)),
         Transport::Tls(tls) => {
-            let name = rustls_pki_types::ServerName::try_from(cfg.endpoint.clone())
-                .map_err(|_| Error::Config(format!("endpoint {:?} is not a valid TLS server name", cfg.endpoint)))?;
+            let name =
+                rustls_pki_types::ServerName::try_from(cfg.endpoint.clone()).map_err(|_| {
+                    Error::Config(format!(
+                        "endpoint {:?} is not a valid TLS server name",
+                        cfg.endpoint
+                    ))
+                })?;
             let stream = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, tcp)
                 .await
@@ -177,9 +187,10 @@ async fn open_inner(cfg: &ClientConfig) -> Result<Opened> {
             Err(rumqttc::Error::InsufficientBytes(_)) => {}
             Err(e) => return Err(Error::Protocol(format!("invalid CONNACK: {e}"))),
         }
-        let n = stream.read_buf(&mut rbuf).await.map_err(|e| {
-            classify_io(&cfg.endpoint, cfg.port, &e, "waiting for CONNACK from")
-        })?;
+        let n = stream
+            .read_buf(&mut rbuf)
+            .await
+            .map_err(|e| classify_io(&cfg.endpoint, cfg.port, &e, "waiting for CONNACK from"))?;
         if n == 0 {
             return Err(Error::Connect(format!(
                 "{}:{} closed the connection before CONNACK (AWS IoT does this when the certificate, policy or client id is not allowed)",
@@ -194,9 +205,9 @@ fn refusal(code: ConnectReturnCode) -> Error {
         ConnectReturnCode::BadUserNamePassword => Error::Auth(
             "the broker refused the user name or password (CONNACK return code 4)".into(),
         ),
-        ConnectReturnCode::NotAuthorized => {
-            Error::Auth("the broker refused the connection: not authorized (CONNACK return code 5)".into())
-        }
+        ConnectReturnCode::NotAuthorized => Error::Auth(
+            "the broker refused the connection: not authorized (CONNACK return code 5)".into(),
+        ),
         ConnectReturnCode::RefusedProtocolVersion => Error::Refused {
             code: 1,
             message: "unacceptable protocol version".into(),

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::core::config::{ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will};
+use crate::core::config::{
+    ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will,
+};
 use crate::core::secret::Secret;
 use crate::core::tls::{self, ClientIdentity, TlsOptions};
 use crate::core::{Client, ClientEvent, Error, EventSink, Limits, SubscriptionQueue};
@@ -24,7 +26,9 @@ pub static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
 
 fn seconds(what: &str, v: f64) -> crate::core::Result<Duration> {
     Duration::try_from_secs_f64(v).map_err(|_| {
-        Error::Config(format!("{what} must be a finite number of seconds ≥ 0, not {v}"))
+        Error::Config(format!(
+            "{what} must be a finite number of seconds ≥ 0, not {v}"
+        ))
     })
 }
 
@@ -156,11 +160,12 @@ impl ClientRef {
         let config = build().py(py)?;
         let handle = runtime::handle()?;
         let sink = Arc::new(SwitchSink::default());
-        let client = Arc::new(
-            Client::new(config, handle, Arc::clone(&sink) as Arc<dyn EventSink>).py(py)?,
-        );
+        let client =
+            Arc::new(Client::new(config, handle, Arc::clone(&sink) as Arc<dyn EventSink>).py(py)?);
         {
-            let mut all = CLIENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut all = CLIENTS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             all.retain(|w| w.strong_count() > 0);
             all.push(Arc::downgrade(&client));
         }
@@ -177,10 +182,15 @@ impl ClientRef {
     fn bind(&self, notifier: &Bound<'_, Notifier>, token: u64) -> PyResult<()> {
         check_pid(self.pid)?;
         let n = notifier.get();
-        *self.sink.target.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(n.sink(token));
-        *self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(Arc::clone(&n.inner));
+        *self
+            .sink
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(n.sink(token));
+        *self
+            .notifier
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&n.inner));
         Ok(())
     }
 
@@ -218,9 +228,8 @@ impl ClientRef {
     fn connect(&self, py: Python<'_>, token: u64) -> PyResult<()> {
         check_pid(self.pid)?;
         let n = self.notifier(py)?;
-        self.client.connect(notifier::reply(&n, token, |info| {
-            Output::Connect(info)
-        }));
+        self.client
+            .connect(notifier::reply(&n, token, Output::Connect));
         Ok(())
     }
 
@@ -228,7 +237,8 @@ impl ClientRef {
     fn disconnect(&self, py: Python<'_>, token: u64) -> PyResult<()> {
         check_pid(self.pid)?;
         let n = self.notifier(py)?;
-        self.client.disconnect(notifier::reply(&n, token, |()| Output::Unit));
+        self.client
+            .disconnect(notifier::reply(&n, token, |()| Output::Unit));
         Ok(())
     }
 
@@ -353,7 +363,11 @@ impl ClientRef {
         )
     }
 
-    fn subscription(&self, notifier: Arc<notifier::Inner>, queue: Arc<SubscriptionQueue>) -> SubscriptionRef {
+    fn subscription(
+        &self,
+        notifier: Arc<notifier::Inner>,
+        queue: Arc<SubscriptionQueue>,
+    ) -> SubscriptionRef {
         SubscriptionRef {
             queue,
             client: Arc::clone(&self.client),

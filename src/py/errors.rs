@@ -32,7 +32,10 @@ fn kind(e: &Error) -> &'static str {
 pub fn exception<'py>(py: Python<'py>, e: &Error) -> Bound<'py, PyAny> {
     let build = || -> PyResult<Bound<'py, PyAny>> {
         let f = FROM_CORE.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-            Ok(py.import("awsiot_rs.errors")?.getattr("_from_core")?.unbind())
+            Ok(py
+                .import("awsiot_rs.errors")?
+                .getattr("_from_core")?
+                .unbind())
         })?;
         let extra = PyDict::new(py);
         match e {

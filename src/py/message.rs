@@ -105,6 +105,8 @@ impl PyMessage {
     }
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
-        (self.topic.bind(py), self.payload.bind(py), self.qos).into_pyobject(py)?.hash()
+        (self.topic.bind(py), self.payload.bind(py), self.qos)
+            .into_pyobject(py)?
+            .hash()
     }
 }

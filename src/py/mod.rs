@@ -50,7 +50,9 @@ fn check_identity(py: Python<'_>, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> PyResu
 /// Checks CA certificates (PEM bytes).
 #[pyfunction]
 fn check_ca(py: Python<'_>, ca_pem: &[u8]) -> PyResult<usize> {
-    tls::parse_certificates(ca_pem, "the CA file").map(|c| c.len()).py(py)
+    tls::parse_certificates(ca_pem, "the CA file")
+        .map(|c| c.len())
+        .py(py)
 }
 
 /// Disconnects every client and stops the runtime (the `atexit` hook).

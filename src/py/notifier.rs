@@ -204,7 +204,8 @@ impl Notifier {
                 Item::Op { token, result } => match result {
                     Ok(Output::Unit) => ("op", token, true, py.None()).into_pyobject(py)?,
                     Ok(Output::Connect(info)) => {
-                        ("op", token, true, info.session_present.into_py_any(py)?).into_pyobject(py)?
+                        ("op", token, true, info.session_present.into_py_any(py)?)
+                            .into_pyobject(py)?
                     }
                     Ok(Output::Codes(codes)) => {
                         ("op", token, true, codes.into_py_any(py)?).into_pyobject(py)?

@@ -1,0 +1,52 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip --disable-pip-version-check -q
+export PIP_ROOT_USER_ACTION := ignore
+
+.PHONY: help
+help: ## Show the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: install-deps
+install-deps: ## Install what a fresh machine lacks: mosquitto (apt), maturin and test packages (pip)
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+		{ (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	@systemctl disable --now mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true
+	$(PIP) install "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "cryptography>=42" "mypy>=1.10"
+
+.PHONY: build-dev
+build-dev: ## Build the extension and install the package in editable mode
+	@rm -f python/awsiot_rs/_native*.so
+	$(PIP) install -e .
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy (core alone and with the Python binding)
+	cargo fmt --check
+	cargo clippy --all-targets --no-default-features -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+
+.PHONY: typecheck
+typecheck: ## mypy --strict on the package and stubtest of the native stubs (after build-dev)
+	$(PYTHON) -m mypy python/awsiot_rs
+	$(PYTHON) -m mypy.stubtest awsiot_rs._native --allowlist tests/stubtest-allowlist.txt
+
+.PHONY: test-core
+test-core: ## Rust tests of the pure core (no Python)
+	cargo test --no-default-features
+
+.PHONY: test-py
+test-py: ## pytest against a private mosquitto (fails if no test ran)
+	$(PYTHON) -m pytest -m "not slow"
+
+.PHONY: test
+test: install-deps build-dev lint typecheck test-core test-py ## Everything CI runs, from a fresh machine
+
+.PHONY: demo
+demo: install-deps build-dev ## Local mTLS mosquitto + examples/quickstart.py against it
+	$(PYTHON) examples/demo.py
+
+.PHONY: bench
+bench: ## Side-by-side benchmark (see bench/README.md)
+	$(PIP) install -r bench/requirements.txt
+	$(PYTHON) bench/run.py

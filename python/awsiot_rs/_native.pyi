@@ -1,0 +1,124 @@
+"""Type stubs for the Rust extension ``awsiot_rs._native`` (private; use ``awsiot_rs``)."""
+
+from os import PathLike
+from typing import Any, final
+
+__version__: str
+
+@final
+class Notifier:
+    """One per asyncio loop: batched results from the Rust core, signalled through a socket."""
+
+    def __new__(cls) -> Notifier: ...
+    def fileno(self) -> int:
+        """The file descriptor to watch with ``loop.add_reader``."""
+    def drain(self) -> list[tuple[Any, ...]]:
+        """Takes every pending item: ``("op", token, ok, value)``, ``("ready", source)``,
+        ``("connected", client, session_present, reconnect)``,
+        ``("disconnected", client, reason, exception_or_None)``."""
+
+@final
+class Message:
+    """A message received from the broker (immutable)."""
+
+    @property
+    def topic(self) -> str:
+        """Topic the message was published to."""
+    @property
+    def payload(self) -> bytes:
+        """Payload bytes."""
+    @property
+    def qos(self) -> int:
+        """QoS it was delivered with (0 or 1)."""
+    @property
+    def retain(self) -> bool:
+        """Retained flag."""
+    @property
+    def dup(self) -> bool:
+        """DUP flag (possibly a redelivery)."""
+    def __new__(
+        cls, topic: str, payload: bytes | None = None, qos: int = 0, retain: bool = False, dup: bool = False
+    ) -> Message: ...
+    def text(self) -> str:
+        """The payload decoded as UTF-8."""
+    def json(self) -> Any:
+        """The payload parsed as JSON."""
+    def matches(self, topic_filter: str) -> bool:
+        """Whether the topic matches ``topic_filter`` (MQTT wildcards)."""
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class SubscriptionRef:
+    """Native side of one subscription queue."""
+
+    @property
+    def id(self) -> int:
+        """The id reported by ``Notifier.drain`` as ``("ready", id)``."""
+    @property
+    def dropped(self) -> int:
+        """Messages dropped from this queue (QoS 0 overflow)."""
+    def __len__(self) -> int: ...
+    def pop_batch(self, max: int) -> tuple[list[Message], bool]:
+        """Up to ``max`` messages, and whether the queue is closed and empty."""
+    def close(self, token: int | None = None) -> None:
+        """Ends the subscription; future ``token`` completes at UNSUBACK."""
+
+@final
+class ClientRef:
+    """Native client handle."""
+
+    def __new__(
+        cls,
+        endpoint: str,
+        port: int,
+        *,
+        client_id: str | None,
+        tls: bool,
+        ca_pem: bytes | None,
+        cert_pem: bytes | None,
+        key_pem: bytes | None,
+        alpn: list[str],
+        username: str | None,
+        password: str | None,
+        keep_alive: float,
+        clean_session: bool,
+        will: tuple[str, bytes, int, bool] | None,
+        limits: str,
+        operation_timeout: float,
+        connect_timeout: float,
+        reconnect: tuple[float, float, bool, int, float] | None,
+        offline_limit: int,
+        offline_qos0: bool,
+        log_file: str | PathLike[str] | None,
+        inflight: int,
+    ) -> ClientRef: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def is_connected(self) -> bool: ...
+    @property
+    def session_present(self) -> bool: ...
+    @property
+    def state(self) -> str:
+        """``closed``, ``connecting``, ``connected``, ``reconnecting`` or ``closing``."""
+    def bind(self, notifier: Notifier, token: int) -> None:
+        """Routes results and lifecycle events through ``notifier``."""
+    def connect(self, token: int) -> None: ...
+    def disconnect(self, token: int) -> None: ...
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool, token: int | None = None) -> None: ...
+    def subscribe(self, filters: list[str], qos: int, queue_size: int, token: int) -> SubscriptionRef: ...
+    def messages(self, queue_size: int) -> SubscriptionRef: ...
+    def unsubscribe(self, filters: list[str], token: int) -> None: ...
+    def validate_subscribe(self, filters: list[str], qos: int) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+def matches(topic_filter: str, topic_name: str) -> bool: ...
+def validate_topic(topic_name: str, limits: str = "aws") -> None: ...
+def validate_filter(topic_filter: str, limits: str = "aws") -> None: ...
+def check_identity(cert_pem: bytes, key_pem: bytes) -> None: ...
+def check_ca(ca_pem: bytes) -> int: ...
+def shutdown(timeout: float = 1.0) -> None: ...
+def set_log_level(level: int) -> None: ...
+def drain_logs() -> list[tuple[int, str, str]]: ...
+def dropped_logs() -> int: ...
