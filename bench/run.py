@@ -159,9 +159,11 @@ class Child:
                 raise ChildError(f"{self.name}: exited ({self.proc.returncode}) before "
                                  f"'{event}'\n{self.stderr_tail()}")
             try:
-                msg = json.loads(line)
+                msg: dict[str, Any] = json.loads(line)
             except json.JSONDecodeError:
                 continue  # not ours: ignore stray stdout
+            if not isinstance(msg, dict):
+                continue
             if msg.get("event") == event:
                 return msg
             if msg.get("event") == "result" and msg.get("error"):
@@ -201,7 +203,8 @@ def free_port() -> int:
     """An ephemeral port the kernel just gave out on 127.0.0.1 (released for the broker)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class Broker:
@@ -228,6 +231,7 @@ class Broker:
                     "user root\n"
                     "persistence false\n"
                     "log_type error\n"
+                    "set_tcp_nodelay true\n"
                     "log_dest stderr\n"
                 )
             with open(self.log_path, "ab") as log:
@@ -360,6 +364,10 @@ class Bench:
             run.error = str(e)
         finally:
             self.cleanup()
+        got = run.extra.get("affinity")
+        if got is not None and self.client_core is not None and got != [self.client_core]:
+            print(f"  warning: {client} ran on cores {got}, not [{self.client_core}]",
+                  file=sys.stderr)
         if run.seconds > 0:
             run.msg_per_s = run.count / run.seconds
         return run
@@ -497,6 +505,10 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, dict[str, Any]]]:
                           if r.extra.get("submit_msg_per_s")]
                 if submit:
                     s["submit_msg_per_s"] = statistics.median(submit)
+                retries = [r.extra["queue_full_retries"] for r in good
+                           if r.extra.get("queue_full_retries") is not None]
+                if retries:
+                    s["queue_full_retries"] = statistics.median(retries)
             out.setdefault(sc.name, {})[client] = s
     return out
 
@@ -584,8 +596,8 @@ def markdown(summary: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any]
                  "</summary>")
     lines.append("")
     lines.append("| scenario | client | msg/s median (min–max) | µs/msg | min count | "
-                 "publish calls/s | errors |")
-    lines.append("|---|---|---|---|---|---|---|")
+                 "publish calls/s | QueueFullError retries | errors |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for sc in SCENARIOS:
         for c, s in summary.get(sc.name, {}).items():
             rng = (f"{_fmt_rate(s.get('msg_per_s'))} ({_fmt_rate(s.get('msg_per_s_min'))}–"
@@ -593,7 +605,8 @@ def markdown(summary: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any]
             errs = "; ".join(sorted(set(e.splitlines()[0] for e in s["errors"])))[:200]
             lines.append(f"| {sc.name} | {c} | {rng} | {_fmt_us(s.get('us_cpu_per_msg'))} | "
                          f"{s['min_count']}/{s['messages']} | "
-                         f"{_fmt_rate(s.get('submit_msg_per_s'))} | {errs or '–'} |")
+                         f"{_fmt_rate(s.get('submit_msg_per_s'))} | "
+                         f"{s.get('queue_full_retries', '–')} | {errs or '–'} |")
     lines.append("")
     lines.append("</details>")
     return "\n".join(lines) + "\n"
@@ -689,6 +702,9 @@ def main(argv: list[str]) -> int:
                 continue
             if client == "mosquitto_pub" and not shutil.which("mosquitto_pub"):
                 print("mosquitto_pub not in PATH: skipped", file=sys.stderr)
+                continue
+            if client == "mosquitto_pub" and args.payload == 0:
+                print("mosquitto_pub -l cannot send empty payloads: skipped", file=sys.stderr)
                 continue
             plan.append((sc, client))
 

@@ -129,6 +129,12 @@ class Ctx:
     idle: float  # helper ``sub``: stop after this long without a message (once started)
 
 
+def resolve(fut: asyncio.Future[None]) -> None:
+    """Completes ``fut`` unless it is already done."""
+    if not fut.done():
+        fut.set_result(None)
+
+
 def make_payload(size: int) -> bytes:
     """A printable payload without newlines (``mosquitto_pub -l`` sends lines)."""
     return bytes(65 + i % 26 for i in range(size))
@@ -343,13 +349,8 @@ async def awsiot_pub_qos1_nowait(ctx: Ctx) -> dict[str, Any]:
 
 async def _awsiot_recv(ctx: Ctx, use_callback: bool) -> dict[str, Any]:
     client = await _awsiot_connect(ctx)
-    done = asyncio.get_running_loop().create_future()
-
-    def finished() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    rec = Recorder(ctx.messages, finished)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    rec = Recorder(ctx.messages, lambda: resolve(done))
     on_message = rec.on_message
     queue_size = max(ctx.messages, 10000)
     if use_callback:
@@ -396,8 +397,9 @@ async def awsiot_recv_cb(ctx: Ctx) -> dict[str, Any]:
 
 def _paho_connect(ctx: Ctx) -> Any:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion  # = mqtt.CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=ctx.client_id,
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=ctx.client_id,
                          protocol=mqtt.MQTTv311)
     client.max_inflight_messages_set(ctx.inflight)  # same window as awsiot_rs
     client.max_queued_messages_set(0)  # unlimited
@@ -556,8 +558,8 @@ async def gmqtt_pub_qos1(ctx: Ctx) -> dict[str, Any]:
 async def gmqtt_recv(ctx: Ctx) -> dict[str, Any]:
     """``client.on_message`` callback (gmqtt's only delivery API)."""
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    rec = Recorder(ctx.messages, lambda: done.done() or done.set_result(None))
+    done: asyncio.Future[None] = loop.create_future()
+    rec = Recorder(ctx.messages, lambda: resolve(done))
     on_message = rec.on_message
 
     def handler(client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
@@ -565,8 +567,8 @@ async def gmqtt_recv(ctx: Ctx) -> dict[str, Any]:
         return 0
 
     client = await _gmqtt_connect(ctx, handler)
-    subscribed = loop.create_future()
-    client.on_subscribe = lambda c, mid, qos, props: subscribed.done() or subscribed.set_result(qos)
+    subscribed: asyncio.Future[None] = loop.create_future()
+    client.on_subscribe = lambda c, mid, qos, props: resolve(subscribed)
     client.subscribe(ctx.topic, qos=0)
     await asyncio.wait_for(subscribed, 10)
     emit("ready")
@@ -660,8 +662,8 @@ async def raw_recv(ctx: Ctx) -> dict[str, Any]:
     import mqttraw
 
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    rec = Recorder(ctx.messages, lambda: done.done() or done.set_result(None))
+    done: asyncio.Future[None] = loop.create_future()
+    rec = Recorder(ctx.messages, lambda: resolve(done))
     on_message = rec.on_message
 
     def on_publish(buf: bytearray, header: int, start: int, end: int) -> None:
@@ -694,7 +696,7 @@ async def helper_sub(ctx: Ctx) -> dict[str, Any]:
     import mqttraw
 
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
+    done: asyncio.Future[None] = loop.create_future()
     state = {"count": 0, "bytes": 0, "t_first": 0.0, "t_last": 0.0}
     n = ctx.messages
 

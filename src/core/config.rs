@@ -115,6 +115,13 @@ impl Default for OfflineQueueConfig {
     }
 }
 
+/// Opens byte streams to the broker for [`Transport::Custom`] (tunnels, in-memory test
+/// brokers). Called once per connection attempt.
+pub trait Connector: Send + Sync {
+    /// Opens one stream.
+    fn connect(&self) -> crate::core::transport::ConnectFuture;
+}
+
 /// How bytes reach the broker.
 #[derive(Clone)]
 pub enum Transport {
@@ -122,13 +129,16 @@ pub enum Transport {
     Tcp,
     /// TLS over TCP with this rustls configuration (server name = endpoint).
     Tls(Arc<rustls::ClientConfig>),
+    /// A stream from the application's own connector; MQTT runs over it as is.
+    Custom(Arc<dyn Connector>),
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Tcp => f.write_str("Tcp"),
-            Self::Tls(c) => write!(f, "Tls(alpn={:?})", c.alpn_protocols.len()),
+            Self::Tls(c) => write!(f, "Tls(alpn={:?})", c.alpn_protocols),
+            Self::Custom(_) => f.write_str("Custom"),
         }
     }
 }

@@ -112,6 +112,7 @@ struct Conn {
     wbuf: BytesMut,
     needs_flush: bool,
     last_write: Instant,
+    last_read: Instant,
     ping_sent: Option<Instant>,
 }
 
@@ -586,6 +587,7 @@ impl Driver {
             wbuf: BytesMut::with_capacity(READ_CHUNK),
             needs_flush: false,
             last_write: Instant::now(),
+            last_read: Instant::now(),
             ping_sent: None,
         };
         if let Some(t) = self.traffic.as_mut() {
@@ -638,7 +640,10 @@ impl Driver {
             } else if let Some(sent) = conn.ping_sent {
                 Some(sent + ping_timeout)
             } else {
-                Some(conn.last_write + keep_alive)
+                // Ping when we have sent nothing for keep_alive (MQTT's rule) and also when we
+                // have received nothing for keep_alive: a half-open link is then detected within
+                // 1.5 × keep_alive even while we keep writing into a dead socket.
+                Some(conn.last_write.min(conn.last_read) + keep_alive)
             };
             let deadline = self.next_deadline();
             let take_commands = conn.wbuf.len() < WBUF_HIGH && self.outbox.len() < OUTBOX_HIGH;
@@ -652,6 +657,7 @@ impl Driver {
                         Ok(0) => return SessionEnd::Lost(Error::Disconnected(format!(
                             "{}:{} closed the connection", self.cfg().endpoint, self.cfg().port))),
                         Ok(n) => {
+                            conn.last_read = Instant::now();
                             add(&self.shared.stats.bytes_received, n);
                             if let Err(e) = self.process_incoming(&mut conn) {
                                 return SessionEnd::Lost(e);

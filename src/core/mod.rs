@@ -17,7 +17,9 @@ pub mod traffic_log;
 pub mod transport;
 
 pub use client::{Client, ClientEvent, ConnectInfo, EventSink, Reply, State, StatsSnapshot};
-pub use config::{ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will};
+pub use config::{
+    ClientConfig, Connector, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will,
+};
 pub use error::{DisconnectReason, Error, Result};
 pub use message::Message;
 pub use queue::{Batch, SubscriptionQueue, Wake};

@@ -18,6 +18,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 /// A boxed byte stream to the broker.
 pub type Stream = Box<dyn Io>;
 
+/// What a [`crate::core::config::Connector`] returns.
+pub type ConnectFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Stream>> + Send>>;
+
 /// What a successful connection attempt returns.
 pub struct Opened {
     /// The stream, after CONNACK.
@@ -92,9 +96,17 @@ async fn tcp(cfg: &ClientConfig) -> Result<TcpStream> {
 }
 
 async fn open_stream(cfg: &ClientConfig) -> Result<Stream> {
+    if let Transport::Custom(connector) = &cfg.transport {
+        return connector.connect().await.map_err(|e| {
+            Error::Connect(format!(
+                "connecting to {}:{} failed: {e}",
+                cfg.endpoint, cfg.port
+            ))
+        });
+    }
     let tcp = tcp(cfg).await?;
     match &cfg.transport {
-        Transport::Tcp => Ok(Box::new(tcp)),
+        Transport::Tcp | Transport::Custom(_) => Ok(Box::new(tcp)),
         Transport::Tls(tls) => {
             let name =
                 rustls_pki_types::ServerName::try_from(cfg.endpoint.clone()).map_err(|_| {
