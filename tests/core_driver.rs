@@ -1,4 +1,5 @@
 //! Driver tests on paused tokio time with an in-memory scripted broker: keep-alive, backoff,
+//! acknowledgement correlation and session recovery. No sockets, no Python.
 
 #![allow(
     clippy::unwrap_used,
@@ -6,7 +7,6 @@
     clippy::panic,
     clippy::indexing_slicing
 )]
-//! acknowledgement correlation and session recovery. No sockets, no Python.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
