@@ -306,7 +306,7 @@ class Client:
         except BaseException:
             d.discard(token)
             raise
-        sub = Subscription(self, ref, d, filters, callback)
+        sub = Subscription(self, ref, d, filters, callback, queue_size)
         if callback is not None:
             self._subscriptions.add(sub)  # the client keeps callback subscriptions alive
         try:
@@ -336,7 +336,7 @@ class Client:
         iterator (it sends nothing to the broker)."""
         d = self._require_dispatcher()
         ref = self._native.messages(queue_size)
-        return Subscription(self, ref, d, [], None)
+        return Subscription(self, ref, d, [], None, queue_size)
 
     def _forget(self, sub: Subscription) -> None:
         self._subscriptions.discard(sub)

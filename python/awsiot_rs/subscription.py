@@ -46,6 +46,7 @@ class Subscription:
         dispatcher: Dispatcher,
         topic_filters: list[str],
         callback: Callback | None,
+        queue_size: int,
     ) -> None:
         self._client = client
         self._ref = ref
@@ -58,6 +59,7 @@ class Subscription:
         self._closed = False
         self._callback_task: asyncio.Task[None] | None = None
         self._is_async_callback = callback is not None and inspect.iscoroutinefunction(callback)
+        self._batch = max(1, min(_BATCH, queue_size))
         dispatcher.add_source(ref.id, self._on_ready)
 
     @property
@@ -90,8 +92,10 @@ class Subscription:
                 w.set_result(None)
 
     def _take(self) -> bool:
-        """Moves a batch from the native queue into the buffer; returns False once closed."""
-        messages, closed = self._ref.pop_batch(_BATCH)
+        """Moves a batch from the native queue into the buffer; returns False once closed.
+        A batch is at most ``queue_size`` messages, so the buffer never holds more than the
+        queue's bound and backpressure keeps working."""
+        messages, closed = self._ref.pop_batch(self._batch)
         if messages:
             self._buffer.extend(messages)
         elif closed:
@@ -109,7 +113,7 @@ class Subscription:
         callback = self._callback
         assert callback is not None
         while True:
-            messages, closed = self._ref.pop_batch(_BATCH)
+            messages, closed = self._ref.pop_batch(self._batch)
             for m in messages:
                 try:
                     callback(m)
