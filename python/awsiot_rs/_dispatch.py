@@ -39,6 +39,9 @@ class Dispatcher:
         self._sources: dict[int, weakref.WeakMethod[Callable[[], None]]] = {}
         self._clients: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._tokens = itertools.count(1)
+        #: An already-completed future: what QoS 0 ``publish`` returns (no allocation per call).
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.done.set_result(None)
         loop.add_reader(self.native.fileno(), self._on_readable)
 
     def new_future(self) -> tuple[int, asyncio.Future[Any]]:

@@ -22,7 +22,7 @@ from .config import (
     Will,
     encode_payload,
 )
-from .errors import ClientClosedError, ConfigError
+from .errors import ClientClosedError, ConfigError, QueueFullError
 from .subscription import Callback, Subscription
 
 if TYPE_CHECKING:
@@ -161,6 +161,7 @@ class Client:
         self._subscriptions: set[Subscription] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._entered = False
+        self._qos0_count = 0
         flush_logs()
 
     # -- properties -------------------------------------------------------------------------
@@ -247,27 +248,77 @@ class Client:
 
     # -- publish ----------------------------------------------------------------------------
 
-    async def publish(
+    def publish(
         self, topic: str, payload: Payload = b"", *, qos: int = 0, retain: bool = False
-    ) -> None:
-        """Publishes a message. ``payload`` may be bytes-like, ``str`` (UTF-8) or a
-        ``dict``/``list`` (sent as JSON). QoS 1 returns at PUBACK; QoS 0 once accepted for
-        sending. Bad input raises before anything is sent (``TopicError``,
-        ``PayloadTooLarge``, ``ConfigError`` for QoS 2)."""
+    ) -> Awaitable[None]:
+        """Publishes a message; await the result. ``payload`` may be bytes-like, ``str``
+        (UTF-8) or a ``dict``/``list`` (sent as JSON). QoS 1 completes at its PUBACK; QoS 0 once
+        accepted for sending (waiting for room if the submission queue is full). Bad input
+        raises before anything is sent (``TopicError``, ``PayloadTooLarge``, ``ConfigError``
+        for QoS 2).
+
+        This is a plain method returning an awaitable (not a coroutine function), so
+        ``asyncio.gather(*(client.publish(...) for ...))`` needs no task per call.
+        """
         data = encode_payload(payload)
         d = self._dispatcher
         if qos == 0 or d is None:
             # QoS 0 completes once queued; before connect() this validates, then raises
             # ClientClosedError.
-            self._native.publish(topic, data, qos, retain, None)
-            return
+            try:
+                self._native.publish(topic, data, qos, retain, None)
+            except QueueFullError:
+                if d is None or not self._native.busy():
+                    raise
+                return self._publish_when_writable(d, topic, data, qos, retain)
+            if d is None:  # pragma: no cover - the native call raised ClientClosedError
+                raise ClientClosedError("the client is not connected: call connect() first")
+            self._qos0_count += 1
+            if self._qos0_count % 256 == 0:
+                return asyncio.sleep(0)  # let other tasks run during long QoS 0 bursts
+            return d.done
         token, fut = d.new_future()
         try:
             self._native.publish(topic, data, qos, retain, token)
+        except QueueFullError:
+            d.discard(token)
+            if not self._native.busy():
+                raise
+            return self._publish_when_writable(d, topic, data, qos, retain)
         except BaseException:
             d.discard(token)
             raise
-        await fut
+        return fut
+
+    async def _publish_when_writable(
+        self, d: Dispatcher, topic: str, data: bytes, qos: int, retain: bool
+    ) -> None:
+        """The slow path of ``publish``: wait for room in the submission queue, then submit."""
+        while True:
+            token, fut = d.new_future()
+            self._native.wait_writable(token)
+            await fut
+            if qos == 0:
+                try:
+                    self._native.publish(topic, data, 0, retain, None)
+                    return
+                except QueueFullError:
+                    if not self._native.busy():
+                        raise
+                    continue
+            token, fut = d.new_future()
+            try:
+                self._native.publish(topic, data, qos, retain, token)
+            except QueueFullError:
+                d.discard(token)
+                if not self._native.busy():
+                    raise
+                continue
+            except BaseException:
+                d.discard(token)
+                raise
+            await fut
+            return
 
     def publish_nowait(
         self, topic: str, payload: Payload = b"", *, qos: int = 0, retain: bool = False

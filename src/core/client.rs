@@ -365,6 +365,32 @@ impl Client {
         }
     }
 
+    /// Whether the submission channel is full (a caller may wait with [`Client::wait_writable`]
+    /// instead of failing).
+    #[must_use]
+    pub fn busy(&self) -> bool {
+        self.commands()
+            .as_ref()
+            .is_some_and(|tx| tx.capacity() == 0 && !tx.is_closed())
+    }
+
+    /// Completes `reply` once the submission channel has room again (at once if it has).
+    pub fn wait_writable(&self, reply: Reply<()>) {
+        let tx = self.commands().clone();
+        match tx {
+            Some(tx) => {
+                self.runtime.spawn(async move {
+                    let r = match tx.reserve().await {
+                        Ok(_permit) => Ok(()),
+                        Err(_) => Err(Error::Closed("the client has been disconnected".into())),
+                    };
+                    reply(r);
+                });
+            }
+            None => reply(Err(Error::Closed("the client is not connected".into()))),
+        }
+    }
+
     /// Validates and submits a PUBLISH. QoS 1 completes `reply` at its PUBACK; QoS 0 when
     /// written. Without `reply` it is fire-and-forget (QoS 1 is still retried).
     ///

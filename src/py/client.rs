@@ -272,6 +272,20 @@ impl ClientRef {
             .py(py)
     }
 
+    /// Whether the submission queue is full (then `wait_writable` tells when it has room).
+    fn busy(&self) -> bool {
+        self.client.busy()
+    }
+
+    /// Future `token` completes when the submission queue has room again.
+    fn wait_writable(&self, py: Python<'_>, token: u64) -> PyResult<()> {
+        check_pid(self.pid)?;
+        let n = self.notifier(py)?;
+        self.client
+            .wait_writable(notifier::reply(&n, token, |()| Output::Unit));
+        Ok(())
+    }
+
     /// Subscribes; future `token` completes with the granted QoS list at SUBACK.
     fn subscribe(
         &self,
