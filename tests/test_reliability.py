@@ -293,3 +293,105 @@ async def test_a_client_holding_callbacks_is_garbage_collected(broker, unique_to
     del c
     gc.collect()
     assert ref() is None
+
+
+# --- through the fault proxy -------------------------------------------------------------
+
+from support.fault_proxy import FaultProxy  # noqa: E402
+
+
+async def test_half_open_connection_is_detected_within_the_keep_alive_bound_and_reconnects(broker, unique_topic):
+    async with FaultProxy(target_port=broker.port) as proxy:
+        lost: list[tuple[float, awsiot_rs.DisconnectEvent]] = []
+        loop = asyncio.get_running_loop()
+        c = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", keep_alive=2,
+                             reconnect=FAST, on_disconnect=lambda e: lost.append((loop.time(), e)))
+        async with c:
+            sub = await c.subscribe(unique_topic, qos=1)
+            await asyncio.sleep(0.5)
+            proxy.blackhole(True)
+            t0 = loop.time()
+            for _ in range(100):
+                if lost:
+                    break
+                await asyncio.sleep(0.05)
+            assert lost, "the half-open link was never detected"
+            detected_after = lost[0][0] - t0
+            assert detected_after <= 2 * 1.5 + 1.0, f"detected after {detected_after:.2f} s"
+            assert lost[0][1].reason == "keepalive"
+            await proxy.cut()
+            proxy.blackhole(False)
+            for _ in range(100):
+                if c.is_connected:
+                    break
+                await asyncio.sleep(0.05)
+            assert c.is_connected
+            await asyncio.sleep(0.3)
+            await c.publish(unique_topic, b"after", qos=1)
+            assert (await asyncio.wait_for(sub.__anext__(), 5)).payload == b"after"
+
+
+async def test_pings_still_go_out_during_an_inbound_flood(broker, unique_topic):
+    async with FaultProxy(target_port=broker.port) as proxy:
+        async with awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", keep_alive=1, reconnect=None) as c:
+            await c.subscribe(unique_topic, qos=0)
+            async with awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt") as flood:
+                end = asyncio.get_running_loop().time() + 3.5
+                while asyncio.get_running_loop().time() < end:
+                    for _ in range(200):
+                        flood.publish_nowait(unique_topic, b"x" * 100)
+                    await asyncio.sleep(0.01)
+            pings = proxy.packets("c2b", P.PINGREQ)
+            assert len(pings) >= 2, "PINGREQ keeps its schedule while messages pour in"
+            assert c.is_connected
+
+
+async def test_inbound_qos1_is_redelivered_after_a_cut_before_our_puback(broker, unique_topic):
+    async with FaultProxy(target_port=broker.port) as proxy:
+        c = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", keep_alive=5,
+                             client_id=f"redeliver-{uuid.uuid4().hex[:8]}", clean_session=False, reconnect=FAST)
+        async with c:
+            sub = await c.subscribe(unique_topic, qos=1)
+            proxy.cut_after("b2c", P.PUBLISH)
+            async with awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt") as sender:
+                await sender.publish(unique_topic, b"once", qos=1)
+            got = [await asyncio.wait_for(sub.__anext__(), 10) for _ in range(2)]
+            assert [m.payload for m in got] == [b"once", b"once"], "at least once: delivered again after the cut"
+            assert got[1].dup, "the redelivery carries DUP"
+            await proxy.wait_for_packet("c2b", P.PUBACK)
+            await c.unsubscribe(unique_topic)
+
+
+async def test_reconnect_attempts_follow_the_backoff(broker):
+    async with FaultProxy(target_port=broker.port) as proxy:
+        c = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", keep_alive=5,
+                             reconnect=awsiot_rs.Reconnect(min_delay=0.2, max_delay=0.8, jitter=False))
+        async with c:
+            proxy.refuse(True)
+            await proxy.cut()
+            await asyncio.sleep(3.2)
+            gaps = proxy.accept_intervals()[1:]
+            assert len(gaps) >= 4
+            assert [round(g, 1) for g in gaps[:4]] == [0.4, 0.8, 0.8, 0.8], gaps
+            proxy.refuse(False)
+            for _ in range(40):
+                if c.is_connected:
+                    break
+                await asyncio.sleep(0.05)
+            assert c.is_connected
+
+
+async def test_duplicate_client_ids_do_not_cause_a_reconnect_storm(broker):
+    cid = f"dup-{uuid.uuid4().hex[:8]}"
+    async with FaultProxy(target_port=broker.port) as proxy:
+        backoff = awsiot_rs.Reconnect(min_delay=0.5, max_delay=4, jitter=False, reset_after=30)
+        a = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", client_id=cid, reconnect=backoff)
+        b = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", client_id=cid, reconnect=backoff)
+        await a.connect()
+        await b.connect()
+        await asyncio.sleep(6)
+        connects = len(proxy.packets("c2b", P.CONNECT))
+        await a.disconnect()
+        await b.disconnect()
+        # Each client's delays double (0.5, 1, 2, 4): in 6 s each can reconnect at most ~4 times.
+        assert connects <= 2 + 2 * 4, f"{connects} CONNECTs in 6 s"
