@@ -18,7 +18,7 @@ import atexit
 from . import errors, topics
 from ._native import Message, __version__
 from ._native import shutdown as _shutdown
-from .auth import MtlsAuth
+from .auth import Credentials, CustomAuth, MtlsAuth, SigV4Auth
 from .client import Client
 from .config import (
     ConnectEvent,
@@ -57,6 +57,8 @@ __all__ = [
     "ConnectError",
     "ConnectEvent",
     "ConnectResult",
+    "Credentials",
+    "CustomAuth",
     "DisconnectEvent",
     "DisconnectedError",
     "Message",
@@ -70,6 +72,7 @@ __all__ = [
     "Reconnect",
     "ServiceError",
     "ShadowRejected",
+    "SigV4Auth",
     "SubscribeError",
     "Subscription",
     "TlsError",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from . import _native
 from ._dispatch import Dispatcher, dispatcher_for, flush_logs, logger
-from .auth import MtlsAuth, PathLike, read_pem_file
+from .auth import Credentials, CustomAuth, MtlsAuth, PathLike, SigV4Auth, read_pem_file
 from .config import (
     ConnectEvent,
     ConnectResult,
@@ -60,7 +60,7 @@ class Client:
         *,
         client_id: str | None = None,
         port: int | None = None,
-        auth: MtlsAuth | None = None,
+        auth: MtlsAuth | SigV4Auth | CustomAuth | None = None,
         ca: PathLike | bytes | None = None,
         tls: bool = True,
         alpn: list[str] | None = None,
@@ -85,20 +85,30 @@ class Client:
             offline_queue = OfflineQueue()
         if not isinstance(endpoint, str):
             raise ConfigError(f"endpoint must be a host name (str), not {type(endpoint).__name__}")
-        if auth is not None and not isinstance(auth, MtlsAuth):
-            raise ConfigError(f"auth must be MtlsAuth or None, not {type(auth).__name__}")
-        if not tls and (auth is not None or ca is not None):
-            raise ConfigError("tls=False cannot be combined with auth or ca (they need TLS)")
+        if auth is not None and not isinstance(auth, (MtlsAuth, SigV4Auth, CustomAuth)):
+            raise ConfigError(
+                f"auth must be MtlsAuth, SigV4Auth, CustomAuth or None, not {type(auth).__name__}"
+            )
+        if not tls and (isinstance(auth, MtlsAuth) or ca is not None):
+            raise ConfigError("tls=False cannot be combined with MtlsAuth or ca (they need TLS)")
         if limits not in ("aws", "mqtt"):
             raise ConfigError(f'limits must be "aws" or "mqtt", not {limits!r}')
+        websocket = isinstance(auth, SigV4Auth) or (isinstance(auth, CustomAuth) and auth.websockets)
         if port is None:
-            port = 8883 if tls else 1883
+            if isinstance(auth, (SigV4Auth, CustomAuth)):
+                port = 443 if tls else 80
+            else:
+                port = 8883 if tls else 1883
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigError(f"port must be an integer 1..65535, not {port!r}")
         if client_id is not None and not isinstance(client_id, str):
             raise ConfigError(f"client_id must be a str, not {type(client_id).__name__}")
         if alpn is None:
-            alpn = ["x-amzn-mqtt-ca"] if (auth is not None and port == 443) else []
+            alpn = []
+            if port == 443 and isinstance(auth, MtlsAuth):
+                alpn = ["x-amzn-mqtt-ca"]
+            elif port == 443 and isinstance(auth, CustomAuth) and not websocket:
+                alpn = ["mqtt"]
         elif isinstance(alpn, str) or not all(isinstance(p, str) and p for p in alpn):
             raise ConfigError("alpn must be a list of non-empty protocol names, such as ['mqtt']")
         ca_pem: bytes | None = None
@@ -130,14 +140,33 @@ class Client:
         for name, cb in (("on_connect", on_connect), ("on_disconnect", on_disconnect)):
             if cb is not None and not callable(cb):
                 raise ConfigError(f"{name} must be callable")
+        native_auth: dict[str, Any] = {"websocket": websocket}
+        if isinstance(auth, SigV4Auth):
+            native_auth.update(
+                sigv4_region=auth.region,
+                sigv4_keys=auth._static_keys(),
+                sigv4_callable=auth.provider is not None,
+            )
+        elif isinstance(auth, CustomAuth):
+            native_auth.update(auth._native_args())
+            if auth.username is not None:
+                if username is not None:
+                    raise ConfigError("give the user name either in CustomAuth or in Client, not both")
+                username = auth.username
+            if auth._password is not None:
+                if password is not None:
+                    raise ConfigError("give the password either in CustomAuth or in Client, not both")
+                password = auth._password
+        self._credentials_provider = auth.provider if isinstance(auth, SigV4Auth) else None
+        mtls = auth if isinstance(auth, MtlsAuth) else None
         self._native = _native.ClientRef(
             endpoint,
             port,
             client_id=client_id,
             tls=bool(tls),
             ca_pem=ca_pem,
-            cert_pem=auth.cert_pem if auth is not None else None,
-            key_pem=auth._key() if auth is not None else None,
+            cert_pem=mtls.cert_pem if mtls is not None else None,
+            key_pem=mtls._key() if mtls is not None else None,
             alpn=list(alpn),
             username=username,
             password=password,
@@ -152,6 +181,7 @@ class Client:
             offline_qos0=offline_queue.qos0,
             log_file=os.fspath(log_file) if log_file is not None else None,
             inflight=inflight,
+            **native_auth,
         )
         self._endpoint = endpoint
         self._port = port
@@ -394,7 +424,34 @@ class Client:
 
     # -- lifecycle events -------------------------------------------------------------------
 
+    def _on_credentials_request(self, request: int) -> None:
+        """Runs the SigV4 credentials provider on the loop and answers the core."""
+        provider = self._credentials_provider
+        if provider is None:
+            _native.fail_credentials(request, "no credentials provider is configured")
+            return
+
+        async def run() -> None:
+            try:
+                result = provider()
+                if inspect.isawaitable(result):
+                    result = await result
+                if not isinstance(result, Credentials):
+                    raise TypeError(f"the credentials provider returned {type(result).__name__}, not Credentials")
+                _native.provide_credentials(
+                    request, result.access_key, result.secret_key, result.session_token, result.expiry_timestamp()
+                )
+            except Exception as e:  # the attempt fails with AuthError naming the cause
+                _native.fail_credentials(request, f"the credentials provider raised {type(e).__name__}: {e}")
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _on_lifecycle(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "credentials":
+            self._on_credentials_request(int(item[2]))
+            return
         if item[0] == "connected":
             event: Any = ConnectEvent(session_present=bool(item[2]), reconnect=bool(item[3]))
             callback = self._on_connect

@@ -129,6 +129,13 @@ pub enum Transport {
     Tcp,
     /// TLS over TCP with this rustls configuration (server name = endpoint).
     Tls(Arc<rustls::ClientConfig>),
+    /// MQTT over WebSocket (`wss://` with this TLS configuration, `ws://` without).
+    WebSocket {
+        /// TLS settings (`None`: plain `ws://`, local brokers only).
+        tls: Option<Arc<rustls::ClientConfig>>,
+        /// Upgrade request settings (SigV4 or custom-authorizer fields).
+        ws: crate::core::websocket::WebSocket,
+    },
     /// A stream from the application's own connector; MQTT runs over it as is.
     Custom(Arc<dyn Connector>),
 }
@@ -138,6 +145,7 @@ impl std::fmt::Debug for Transport {
         match self {
             Self::Tcp => f.write_str("Tcp"),
             Self::Tls(c) => write!(f, "Tls(alpn={:?})", c.alpn_protocols),
+            Self::WebSocket { tls, ws } => write!(f, "WebSocket(tls={}, {ws:?})", tls.is_some()),
             Self::Custom(_) => f.write_str("Custom"),
         }
     }

@@ -4,6 +4,8 @@
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod credentials;
+pub mod custom_auth;
 mod driver;
 pub mod error;
 pub mod inflight;
@@ -17,6 +19,7 @@ pub mod tls;
 pub mod topic;
 pub mod traffic_log;
 pub mod transport;
+pub mod websocket;
 
 pub use client::{Client, ClientEvent, ConnectInfo, EventSink, Reply, State, StatsSnapshot};
 pub use config::{

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::core::config::{ClientConfig, Transport};
 use crate::core::error::{Error, Result};
+use crate::core::websocket;
 
 /// A byte stream to the broker.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -104,24 +105,44 @@ async fn open_stream(cfg: &ClientConfig) -> Result<Stream> {
             ))
         });
     }
+    // A WebSocket URL (and its SigV4 credentials) is prepared before any byte is sent.
+    let ws_url = match &cfg.transport {
+        Transport::WebSocket { tls, ws } => {
+            Some(websocket::url(&cfg.endpoint, cfg.port, tls.is_some(), ws).await?)
+        }
+        _ => None,
+    };
     let tcp = tcp(cfg).await?;
     match &cfg.transport {
         Transport::Tcp | Transport::Custom(_) => Ok(Box::new(tcp)),
-        Transport::Tls(tls) => {
-            let name =
-                rustls_pki_types::ServerName::try_from(cfg.endpoint.clone()).map_err(|_| {
-                    Error::Config(format!(
-                        "endpoint {:?} is not a valid TLS server name",
-                        cfg.endpoint
-                    ))
-                })?;
-            let stream = tokio_rustls::TlsConnector::from(tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| classify_io(&cfg.endpoint, cfg.port, &e, "TLS handshake with"))?;
-            Ok(Box::new(stream))
+        Transport::Tls(tls) => tls_handshake(cfg, tls, tcp).await,
+        Transport::WebSocket { tls, ws } => {
+            let stream = match tls {
+                Some(tls) => tls_handshake(cfg, tls, tcp).await?,
+                None => Box::new(tcp),
+            };
+            let url = ws_url.unwrap_or_default();
+            websocket::upgrade(stream, &url, ws, &cfg.endpoint, cfg.port).await
         }
     }
+}
+
+async fn tls_handshake(
+    cfg: &ClientConfig,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    tcp: TcpStream,
+) -> Result<Stream> {
+    let name = rustls_pki_types::ServerName::try_from(cfg.endpoint.clone()).map_err(|_| {
+        Error::Config(format!(
+            "endpoint {:?} is not a valid TLS server name",
+            cfg.endpoint
+        ))
+    })?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| classify_io(&cfg.endpoint, cfg.port, &e, "TLS handshake with"))?;
+    Ok(Box::new(stream))
 }
 
 /// Builds the CONNECT packet. Its `Debug` would show the password: never log it.

@@ -13,9 +13,20 @@ use pyo3::types::PyDict;
 use crate::core::config::{
     ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will,
 };
+use crate::core::credentials::{self, CredentialsProvider};
+use crate::core::custom_auth::{self, AuthorizerFields};
 use crate::core::secret::Secret;
+use crate::core::sigv4::AwsCredentials;
 use crate::core::tls::{self, ClientIdentity, TlsOptions};
+use crate::core::websocket::{SigV4, WebSocket};
 use crate::core::{Client, ClientEvent, Error, EventSink, Limits, SubscriptionQueue};
+use crate::py::credentials::{PyProvider, Target};
+
+/// Custom-authorizer fields for the CONNECT user name: (name, signature, (token key, token)).
+type AuthorizerArgs = (Option<String>, Option<String>, Option<(String, String)>);
+
+/// Cached temporary credentials are refreshed this long before they expire.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
 use crate::py::errors::IntoPyResult;
 use crate::py::notifier::{self, Notifier, Output};
 use crate::py::runtime::{self, check_pid};
@@ -35,7 +46,7 @@ fn seconds(what: &str, v: f64) -> crate::core::Result<Duration> {
 /// Forwards lifecycle events to the notifier of the loop the client was last connected from.
 #[derive(Default)]
 struct SwitchSink {
-    target: Mutex<Option<Arc<dyn EventSink>>>,
+    target: Target,
 }
 
 impl EventSink for SwitchSink {
@@ -45,8 +56,8 @@ impl EventSink for SwitchSink {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        if let Some(t) = target {
-            t.event(event);
+        if let Some((inner, client)) = target {
+            inner.push_event(client, event);
         }
     }
 }
@@ -66,7 +77,9 @@ impl ClientRef {
     #[pyo3(signature = (
         endpoint, port, *, client_id, tls, ca_pem, cert_pem, key_pem, alpn,
         username, password, keep_alive, clean_session, will, limits, operation_timeout,
-        connect_timeout, reconnect, offline_limit, offline_qos0, log_file, inflight
+        connect_timeout, reconnect, offline_limit, offline_qos0, log_file, inflight,
+        websocket=false, ws_headers=Vec::new(), ws_query=Vec::new(), sigv4_region=None,
+        sigv4_keys=None, sigv4_callable=false, authorizer=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -92,10 +105,18 @@ impl ClientRef {
         offline_qos0: bool,
         log_file: Option<PathBuf>,
         inflight: u16,
+        websocket: bool,
+        ws_headers: Vec<(String, String)>,
+        ws_query: Vec<(String, String)>,
+        sigv4_region: Option<String>,
+        sigv4_keys: Option<(String, String, Option<String>)>,
+        sigv4_callable: bool,
+        authorizer: Option<AuthorizerArgs>,
     ) -> PyResult<Self> {
+        let sink = Arc::new(SwitchSink::default());
         let build = || -> crate::core::Result<ClientConfig> {
             let limits = Limits::parse(limits)?;
-            let transport = if tls {
+            let tls_config = if tls {
                 let client_auth = match (cert_pem, key_pem) {
                     (Some(cert_pem), Some(key_pem)) => Some(ClientIdentity {
                         cert_pem,
@@ -108,20 +129,82 @@ impl ClientRef {
                         ))
                     }
                 };
-                Transport::Tls(tls::client_config(&TlsOptions {
+                Some(tls::client_config(&TlsOptions {
                     ca_pem,
                     client_auth,
                     alpn: alpn.into_iter().map(String::into_bytes).collect(),
                 })?)
             } else {
-                Transport::Tcp
+                None
+            };
+            let transport = if websocket {
+                for (name, value) in &ws_headers {
+                    custom_auth::validate_header(name, value)?;
+                }
+                let sigv4 = match sigv4_region {
+                    None => None,
+                    Some(region) => {
+                        let provider: Arc<dyn CredentialsProvider> =
+                            match (sigv4_keys, sigv4_callable) {
+                                (Some((akid, secret, token)), false) => {
+                                    Arc::new(credentials::Static(AwsCredentials {
+                                        access_key_id: akid,
+                                        secret_access_key: Secret::new(secret),
+                                        session_token: token.map(Secret::new),
+                                        expiry: None,
+                                    }))
+                                }
+                                (None, true) => Arc::new(PyProvider {
+                                    target: Arc::clone(&sink.target),
+                                }),
+                                _ => {
+                                    return Err(Error::Config(
+                                        "SigV4 needs either keys or a credentials callable".into(),
+                                    ))
+                                }
+                            };
+                        Some(SigV4 {
+                            region,
+                            credentials: Arc::new(credentials::Cached::new(
+                                provider,
+                                CREDENTIALS_MARGIN,
+                            )),
+                        })
+                    }
+                };
+                let secret_pairs = |v: Vec<(String, String)>| -> Vec<(String, Secret<String>)> {
+                    v.into_iter().map(|(k, v)| (k, Secret::new(v))).collect()
+                };
+                Transport::WebSocket {
+                    tls: tls_config,
+                    ws: WebSocket {
+                        headers: secret_pairs(ws_headers),
+                        query: secret_pairs(ws_query),
+                        sigv4,
+                    },
+                }
+            } else {
+                match tls_config {
+                    Some(c) => Transport::Tls(c),
+                    None => Transport::Tcp,
+                }
             };
             let mut cfg = ClientConfig::new(endpoint, port, transport);
             if let Some(id) = client_id {
                 cfg.client_id = id;
                 cfg.client_id_given = true;
             }
-            cfg.username = username;
+            cfg.username = match authorizer {
+                Some((authorizer_name, signature, token)) => custom_auth::username_with_fields(
+                    username.as_deref(),
+                    &AuthorizerFields {
+                        authorizer_name,
+                        signature,
+                        token,
+                    },
+                ),
+                None => username,
+            };
             cfg.password = password.map(|p| Secret::new(p.into_bytes()));
             cfg.keep_alive = seconds("keep_alive", keep_alive)?;
             cfg.clean_session = clean_session;
@@ -159,7 +242,6 @@ impl ClientRef {
         };
         let config = build().py(py)?;
         let handle = runtime::handle()?;
-        let sink = Arc::new(SwitchSink::default());
         let client =
             Arc::new(Client::new(config, handle, Arc::clone(&sink) as Arc<dyn EventSink>).py(py)?);
         {
@@ -186,7 +268,8 @@ impl ClientRef {
             .sink
             .target
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(n.sink(token));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Arc::clone(&n.inner), token));
         *self
             .notifier
             .lock()

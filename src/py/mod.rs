@@ -1,6 +1,7 @@
 //! The PyO3 binding (`awsiot_rs._native`): type conversion and asyncio bridging only.
 
 mod client;
+mod credentials;
 mod errors;
 mod logging;
 mod message;
@@ -55,6 +56,67 @@ fn check_ca(py: Python<'_>, ca_pem: &[u8]) -> PyResult<usize> {
         .py(py)
 }
 
+/// Decrypts an encrypted PKCS#8 PEM key (unencrypted keys are returned unchanged).
+#[pyfunction]
+fn decrypt_key<'py>(
+    py: Python<'py>,
+    key_pem: &[u8],
+    password: &[u8],
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let key = crate::core::keys::decrypt_private_key_pem(key_pem, password).py(py)?;
+    Ok(pyo3::types::PyBytes::new(py, key.expose()))
+}
+
+/// Reads a PKCS#12 bundle: `(certificate chain PEM, private key PEM)`.
+#[pyfunction]
+#[pyo3(signature = (der, password=None))]
+fn load_pkcs12<'py>(
+    py: Python<'py>,
+    der: &[u8],
+    password: Option<&[u8]>,
+) -> PyResult<(
+    Bound<'py, pyo3::types::PyBytes>,
+    Bound<'py, pyo3::types::PyBytes>,
+)> {
+    let id = crate::core::keys::identity_from_pkcs12(der, password).py(py)?;
+    Ok((
+        pyo3::types::PyBytes::new(py, &id.cert_pem),
+        pyo3::types::PyBytes::new(py, id.key_pem.expose()),
+    ))
+}
+
+/// A SigV4-presigned `wss://` URL for AWS IoT (for tools and tests; the client presigns itself).
+#[pyfunction]
+#[pyo3(signature = (host, port, region, access_key, secret_key, session_token=None, time=None, expires=300.0))]
+#[allow(clippy::too_many_arguments)]
+fn presign_url(
+    py: Python<'_>,
+    host: &str,
+    port: u16,
+    region: &str,
+    access_key: String,
+    secret_key: String,
+    session_token: Option<String>,
+    time: Option<f64>,
+    expires: f64,
+) -> PyResult<String> {
+    use crate::core::secret::Secret;
+    let creds = crate::core::sigv4::AwsCredentials {
+        access_key_id: access_key,
+        secret_access_key: Secret::new(secret_key),
+        session_token: session_token.map(Secret::new),
+        expiry: None,
+    };
+    let at = match time {
+        Some(t) => {
+            std::time::SystemTime::UNIX_EPOCH + Duration::try_from_secs_f64(t).unwrap_or_default()
+        }
+        None => std::time::SystemTime::now(),
+    };
+    let expires = Duration::try_from_secs_f64(expires).unwrap_or(Duration::from_secs(300));
+    crate::core::sigv4::presign_url(host, port, region, &creds, at, expires).py(py)
+}
+
 /// Disconnects every client and stops the runtime (the `atexit` hook).
 #[pyfunction]
 #[pyo3(signature = (timeout=1.0))]
@@ -79,6 +141,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_identity, m)?)?;
     m.add_function(wrap_pyfunction!(check_ca, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(credentials::provide_credentials, m)?)?;
+    m.add_function(wrap_pyfunction!(credentials::fail_credentials, m)?)?;
+    m.add_function(wrap_pyfunction!(decrypt_key, m)?)?;
+    m.add_function(wrap_pyfunction!(load_pkcs12, m)?)?;
+    m.add_function(wrap_pyfunction!(presign_url, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(logging::drain_logs, m)?)?;
     m.add_function(wrap_pyfunction!(logging::dropped_logs, m)?)?;

@@ -46,6 +46,10 @@ enum Item {
         client: u64,
         event: ClientEvent,
     },
+    Credentials {
+        client: u64,
+        request: u64,
+    },
 }
 
 /// Shared between the Python object and every producer.
@@ -66,6 +70,16 @@ impl Inner {
     fn push(&self, item: Item) {
         self.lock().push(item);
         self.signal();
+    }
+
+    /// Delivers a lifecycle event of client `client`.
+    pub fn push_event(&self, client: u64, event: ClientEvent) {
+        self.push(Item::Event { client, event });
+    }
+
+    /// Asks the loop to call client `client`'s credentials provider for request `request`.
+    pub fn request_credentials(&self, client: u64, request: u64) {
+        self.push(Item::Credentials { client, request });
     }
 
     /// Wakes the loop (if not already signalled).
@@ -187,7 +201,7 @@ impl Notifier {
 
     /// Takes everything pending. Returns a list of tuples:
     /// `("op", token, ok, value)`, `("ready", source)`,
-    /// `("connected", client, session_present, reconnect)`,
+    /// `("connected", client, session_present, reconnect)`, `("credentials", client, request)`,
     /// `("disconnected", client, reason, exception_or_None)`.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut sink = [0u8; 512];
@@ -213,6 +227,9 @@ impl Notifier {
                     Err(e) => ("op", token, false, errors::exception(py, &e)).into_pyobject(py)?,
                 },
                 Item::Ready { source } => ("ready", source).into_pyobject(py)?,
+                Item::Credentials { client, request } => {
+                    ("credentials", client, request).into_pyobject(py)?
+                }
                 Item::Event { client, event } => match event {
                     ClientEvent::Connected {
                         session_present,
