@@ -35,6 +35,7 @@ from .errors import (
     ConfigError,
     ConnectError,
     DisconnectedError,
+    JobRejected,
     OperationTimeout,
     PayloadTooLarge,
     ProtocolError,
@@ -46,6 +47,9 @@ from .errors import (
     TlsError,
     TopicError,
 )
+from .jobs import Jobs
+from .provisioning import FleetProvisioning
+from .shadow import Shadow
 from .subscription import Subscription
 
 __all__ = [
@@ -61,6 +65,10 @@ __all__ = [
     "CustomAuth",
     "DisconnectEvent",
     "DisconnectedError",
+    "JobRejected",
+    "Jobs",
+    "Shadow",
+    "FleetProvisioning",
     "Message",
     "MtlsAuth",
     "OfflineQueue",

@@ -122,6 +122,17 @@ class ClientRef:
     def messages(self, queue_size: int) -> SubscriptionRef: ...
     def unsubscribe(self, filters: list[str], token: int) -> None: ...
     def validate_subscribe(self, filters: list[str], qos: int) -> None: ...
+    def request(
+        self,
+        topic: str,
+        payload: str | None,
+        accepted: str,
+        rejected: str,
+        use_token: bool,
+        timeout: float,
+        token: int,
+    ) -> None:
+        """A correlated service request; future ``token`` gets ``(accepted, json_text, client_token)``."""
     def stats(self) -> dict[str, int]: ...
 
 def matches(topic_filter: str, topic_name: str) -> bool: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,6 +28,10 @@ from .subscription import Callback, Subscription
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from .jobs import Jobs
+    from .provisioning import FleetProvisioning
+    from .shadow import Shadow
 
 __all__ = ["Client", "LifecycleCallback"]
 
@@ -185,6 +190,7 @@ class Client:
         )
         self._endpoint = endpoint
         self._port = port
+        self._operation_timeout = _seconds("operation_timeout", operation_timeout)
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._dispatcher: Dispatcher | None = None
@@ -418,6 +424,49 @@ class Client:
         d = self._require_dispatcher()
         ref = self._native.messages(queue_size)
         return Subscription(self, ref, d, [], None, queue_size)
+
+    async def _request(
+        self,
+        topic: str,
+        payload: dict[str, Any] | None,
+        accepted: str,
+        rejected: str,
+        *,
+        use_token: bool = True,
+        timeout: float | None = None,
+    ) -> tuple[bool, Any, str | None]:
+        """A correlated service request (used by ``shadow()``, ``fleet_provisioning()`` and
+        ``jobs()``): returns ``(accepted, document, client_token)``."""
+        d = self._require_dispatcher()
+        token, fut = d.new_future()
+        text = json.dumps(payload, separators=(",", ":")) if payload is not None else None
+        t = self._operation_timeout if timeout is None else _seconds("timeout", timeout)
+        try:
+            self._native.request(topic, text, accepted, rejected, use_token, t, token)
+        except BaseException:
+            d.discard(token)
+            raise
+        ok, doc_text, client_token = await fut
+        return bool(ok), json.loads(doc_text), client_token
+
+    def shadow(self, thing_name: str, name: str | None = None) -> Shadow:
+        """The Device Shadow of ``thing_name`` (classic when ``name`` is None)."""
+        from .shadow import Shadow
+
+        return Shadow(self, thing_name, name)
+
+    def fleet_provisioning(self, fmt: str = "json") -> FleetProvisioning:
+        """The fleet provisioning MQTT API (CreateKeysAndCertificate, CreateCertificateFromCsr,
+        RegisterThing)."""
+        from .provisioning import FleetProvisioning
+
+        return FleetProvisioning(self, fmt)
+
+    def jobs(self, thing_name: str) -> Jobs:
+        """The jobs MQTT API of ``thing_name``."""
+        from .jobs import Jobs
+
+        return Jobs(self, thing_name)
 
     def _forget(self, sub: Subscription) -> None:
         self._subscriptions.discard(sub)

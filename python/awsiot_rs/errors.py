@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "DisconnectedError",
+    "JobRejected",
     "OperationTimeout",
     "PayloadTooLarge",
     "ProtocolError",
@@ -111,12 +112,36 @@ class ServiceError(AwsIotError):
 
 
 class ShadowRejected(ServiceError):
-    """A Device Shadow request was rejected (``code``, ``message``, ``client_token``)."""
+    """A Device Shadow request was rejected: ``code`` (HTTP-like: 400, 404, 409 version
+    conflict, ...), ``message`` and the request's ``client_token``."""
+
+    def __init__(self, code: int | None, message: str, client_token: str | None = None) -> None:
+        super().__init__(f"shadow request rejected: {code} {message}")
+        self.code = code
+        self.message = message
+        self.client_token = client_token
 
 
 class ProvisioningRejected(ServiceError):
-    """A fleet provisioning request was rejected (``status_code``, ``error_code``,
-    ``error_message``)."""
+    """A fleet provisioning request was rejected: ``status_code``, ``error_code``,
+    ``error_message``."""
+
+    def __init__(self, status_code: int | None, error_code: str | None, error_message: str) -> None:
+        super().__init__(f"provisioning request rejected: {status_code} {error_code}: {error_message}")
+        self.status_code = status_code
+        self.error_code = error_code
+        self.error_message = error_message
+
+
+class JobRejected(ServiceError):
+    """A jobs request was rejected: ``code`` (``VersionMismatch``, ``ResourceNotFound``, ...),
+    ``message`` and the request's ``client_token``."""
+
+    def __init__(self, code: str | None, message: str, client_token: str | None = None) -> None:
+        super().__init__(f"jobs request rejected: {code}: {message}")
+        self.code = code
+        self.message = message
+        self.client_token = client_token
 
 
 _KINDS: dict[str, type[AwsIotError]] = {

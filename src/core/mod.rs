@@ -12,6 +12,7 @@ pub mod inflight;
 pub mod keys;
 pub mod message;
 pub mod queue;
+pub mod request_response;
 pub mod router;
 pub mod secret;
 pub mod sigv4;

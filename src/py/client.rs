@@ -15,6 +15,7 @@ use crate::core::config::{
 };
 use crate::core::credentials::{self, CredentialsProvider};
 use crate::core::custom_auth::{self, AuthorizerFields};
+use crate::core::request_response::{Request, Requests, Response};
 use crate::core::secret::Secret;
 use crate::core::sigv4::AwsCredentials;
 use crate::core::tls::{self, ClientIdentity, TlsOptions};
@@ -66,6 +67,7 @@ impl EventSink for SwitchSink {
 #[pyclass(frozen, module = "awsiot_rs._native")]
 pub struct ClientRef {
     client: Arc<Client>,
+    requests: Mutex<Option<Requests>>,
     sink: Arc<SwitchSink>,
     notifier: Mutex<Option<Arc<notifier::Inner>>>,
     pid: u32,
@@ -253,6 +255,7 @@ impl ClientRef {
         }
         Ok(Self {
             client,
+            requests: Mutex::new(None),
             sink,
             notifier: Mutex::new(None),
             pid: std::process::id(),
@@ -418,6 +421,66 @@ impl ClientRef {
     fn validate_subscribe(&self, py: Python<'_>, filters: Vec<String>, qos: i64) -> PyResult<()> {
         QoS::from_u8(qos).py(py)?;
         self.client.validate_filters(&filters).py(py)
+    }
+
+    /// A service request (shadow, provisioning, jobs): publishes `payload` (a JSON object
+    /// text, `clientToken` added when `use_token`) to `topic` once `accepted` and `rejected`
+    /// are subscribed; future `token` completes with `(accepted, json_text, client_token)`.
+    #[pyo3(signature = (topic, payload, accepted, rejected, use_token, timeout, token))]
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &self,
+        py: Python<'_>,
+        topic: String,
+        payload: Option<&str>,
+        accepted: String,
+        rejected: String,
+        use_token: bool,
+        timeout: f64,
+        token: u64,
+    ) -> PyResult<()> {
+        check_pid(self.pid)?;
+        let n = self.notifier(py)?;
+        let payload = match payload {
+            Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+                crate::py::errors::to_pyerr(
+                    py,
+                    &Error::Config(format!("request payload is not JSON: {e}")),
+                )
+            })?),
+            None => None,
+        };
+        let timeout = seconds("timeout", timeout).py(py)?;
+        let engine = {
+            let mut guard = self
+                .requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match guard.as_ref() {
+                Some(e) if !e.is_closed() => e.clone(),
+                _ => {
+                    let e = Requests::new(Arc::clone(&self.client), &runtime::handle()?);
+                    *guard = Some(e.clone());
+                    e
+                }
+            }
+        };
+        let reply = notifier::reply(&n, token, |r: Response| {
+            Output::Response(r.accepted, r.document.to_string(), r.client_token)
+        });
+        engine
+            .request(
+                Request {
+                    topic,
+                    payload,
+                    accepted,
+                    rejected,
+                    use_token,
+                    timeout,
+                },
+                reply,
+            )
+            .py(py)
     }
 
     /// Counters.

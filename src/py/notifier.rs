@@ -31,6 +31,8 @@ pub enum Output {
     Connect(ConnectInfo),
     /// `subscribe()`: granted QoS per filter.
     Codes(Vec<u8>),
+    /// A service answer: (accepted, JSON text, client token).
+    Response(bool, String, Option<String>),
 }
 
 /// One thing for the loop to handle.
@@ -224,6 +226,13 @@ impl Notifier {
                     Ok(Output::Codes(codes)) => {
                         ("op", token, true, codes.into_py_any(py)?).into_pyobject(py)?
                     }
+                    Ok(Output::Response(accepted, json, client_token)) => (
+                        "op",
+                        token,
+                        true,
+                        (accepted, json, client_token).into_py_any(py)?,
+                    )
+                        .into_pyobject(py)?,
                     Err(e) => ("op", token, false, errors::exception(py, &e)).into_pyobject(py)?,
                 },
                 Item::Ready { source } => ("ready", source).into_pyobject(py)?,
