@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .provisioning import FleetProvisioning
     from .shadow import Shadow
 
-__all__ = ["Client", "LifecycleCallback"]
+__all__ = ["Client", "LifecycleCallback", "derive_alpn"]
 
 #: ``on_connect`` / ``on_disconnect``: plain or ``async`` callables taking the event.
 LifecycleCallback = Callable[[Any], Union[None, Awaitable[None]]]
@@ -47,6 +47,19 @@ def _seconds(name: str, value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
     return float(value)
+
+
+def derive_alpn(auth: MtlsAuth | SigV4Auth | CustomAuth | None, port: int) -> list[str]:
+    """The ALPN protocols offered when ``alpn`` is not given: ``x-amzn-mqtt-ca`` for mutual TLS
+    on port 443, ``mqtt`` for a custom authorizer over MQTT (not WebSocket) on 443, else none
+    (AWS IoT needs no ALPN on 8883 or for WebSocket)."""
+    if port != 443:
+        return []
+    if isinstance(auth, MtlsAuth):
+        return ["x-amzn-mqtt-ca"]
+    if isinstance(auth, CustomAuth) and not auth.websockets:
+        return ["mqtt"]
+    return []
 
 
 class Client:
@@ -109,11 +122,7 @@ class Client:
         if client_id is not None and not isinstance(client_id, str):
             raise ConfigError(f"client_id must be a str, not {type(client_id).__name__}")
         if alpn is None:
-            alpn = []
-            if port == 443 and isinstance(auth, MtlsAuth):
-                alpn = ["x-amzn-mqtt-ca"]
-            elif port == 443 and isinstance(auth, CustomAuth) and not websocket:
-                alpn = ["mqtt"]
+            alpn = derive_alpn(auth, port)
         elif isinstance(alpn, str) or not all(isinstance(p, str) and p for p in alpn):
             raise ConfigError("alpn must be a list of non-empty protocol names, such as ['mqtt']")
         ca_pem: bytes | None = None
