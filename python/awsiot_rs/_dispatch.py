@@ -71,9 +71,15 @@ class Dispatcher:
 
     def _on_readable(self) -> None:
         try:
-            items = self.native.drain()
+            while True:
+                items = self.native.drain()
+                if not items:
+                    return
+                self._dispatch(items)
         finally:
             flush_logs()
+
+    def _dispatch(self, items: list[tuple[Any, ...]]) -> None:
         for item in items:
             kind = item[0]
             if kind == "ready":

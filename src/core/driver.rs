@@ -564,6 +564,10 @@ impl Driver {
 
     /// Application disconnect while no connection is up.
     fn shutdown(&mut self, reply: Option<Reply<()>>) {
+        // The traffic log is complete when disconnect() returns.
+        if let Some(t) = self.traffic.as_mut() {
+            t.flush();
+        }
         self.fail_all(&Error::Closed(
             "the client disconnected before the operation completed".into(),
         ));

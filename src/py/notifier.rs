@@ -201,7 +201,7 @@ impl Notifier {
         self.inner.reader.as_raw_fd()
     }
 
-    /// Takes everything pending. Returns a list of tuples:
+    /// Takes everything pending (call until it returns an empty list). Returns a list of tuples:
     /// `("op", token, ok, value)`, `("ready", source)`,
     /// `("connected", client, session_present, reconnect)`, `("credentials", client, request)`,
     /// `("disconnected", client, reason, exception_or_None)`.
@@ -212,8 +212,14 @@ impl Notifier {
                 break;
             }
         }
-        self.inner.signalled.store(false, Ordering::Release);
-        let items = std::mem::take(&mut *self.inner.lock());
+        // Stay signalled while there is work: producers skip the socket write meanwhile, so a
+        // busy loop drains many batches per wake-up. Only an empty drain re-arms the wake-up,
+        // and checks once more afterwards so nothing pushed in between is missed.
+        let mut items = std::mem::take(&mut *self.inner.lock());
+        if items.is_empty() {
+            self.inner.signalled.store(false, Ordering::Release);
+            items = std::mem::take(&mut *self.inner.lock());
+        }
         let out = PyList::empty(py);
         for item in items {
             let tuple: Bound<'py, PyTuple> = match item {
