@@ -39,6 +39,8 @@ use crate::core::transport::{self, packet_name, Stream, DISCONNECT_FLUSH};
 const WBUF_HIGH: usize = 1 << 20;
 /// Stop taking new commands while this many operations wait for a packet id.
 const OUTBOX_HIGH: usize = 65_536;
+/// At most this many commands are taken per wake-up before writing.
+const COMMAND_BURST: usize = 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -682,16 +684,30 @@ impl Driver {
                     }
                 }
                 cmd = self.rx.recv(), if take_commands => {
-                    match cmd {
-                        None | Some(Command::Disconnect { reply: None }) => {
-                            self.graceful_disconnect(&mut conn, None).await;
-                            return SessionEnd::Closed;
+                    // Take everything already queued (bounded) before writing: one wake-up
+                    // and one socket write serve a whole burst of operations.
+                    let mut next = cmd;
+                    let mut taken = 0;
+                    loop {
+                        match next {
+                            None | Some(Command::Disconnect { reply: None }) => {
+                                self.graceful_disconnect(&mut conn, None).await;
+                                return SessionEnd::Closed;
+                            }
+                            Some(Command::Disconnect { reply }) => {
+                                self.graceful_disconnect(&mut conn, reply).await;
+                                return SessionEnd::Closed;
+                            }
+                            Some(cmd) => self.accept(cmd, true),
                         }
-                        Some(Command::Disconnect { reply }) => {
-                            self.graceful_disconnect(&mut conn, reply).await;
-                            return SessionEnd::Closed;
+                        taken += 1;
+                        if taken >= COMMAND_BURST || self.outbox.len() >= OUTBOX_HIGH {
+                            break;
                         }
-                        Some(cmd) => self.accept(cmd, true),
+                        match self.rx.try_recv() {
+                            Ok(cmd) => next = Some(cmd),
+                            Err(_) => break,
+                        }
                     }
                 }
                 () = sleep_until_opt(ka_deadline) => {
@@ -1085,6 +1101,13 @@ impl Driver {
         }
         if qos == 1 && p.pkid == 0 {
             return Err(Error::Protocol("QoS 1 PUBLISH with packet id 0".into()));
+        }
+        if p.topic.is_empty() || p.topic.contains(['+', '#', '\0']) {
+            // MQTT-3.3.2-2 / MQTT-1.5.3-2: a topic name never has wildcards or NUL.
+            return Err(Error::Protocol(format!(
+                "the broker sent a PUBLISH with an invalid topic name {:?} (empty, wildcard or NUL)",
+                p.topic
+            )));
         }
         self.shared
             .stats

@@ -55,7 +55,10 @@ pub fn handle() -> PyResult<Handle> {
             std::mem::forget(stale);
         }
     }
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    let workers = std::env::var("AWSIOT_RS_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("awsiot-rs")
