@@ -16,9 +16,11 @@ from support.fault_proxy import FaultProxy
 from support.mosquitto import Mosquitto
 from test_reliability import Verifier
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.broker]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.broker, pytest.mark.timeout(900)]
 
 N = int(os.environ.get("AWSIOT_RS_SOAK_N", "50000"))
+#: With SIGKILL the broker loses what it acknowledged but had not saved yet (its durability).
+KILL = os.environ.get("AWSIOT_RS_SOAK_KILL", "0") == "1"
 
 
 async def test_soak_zero_loss_across_kills_restarts_and_cuts(pki, tmp_path):
@@ -47,7 +49,7 @@ async def test_soak_zero_loss_across_kills_restarts_and_cuts(pki, tmp_path):
             for k in range(6):
                 await asyncio.sleep(3)
                 if k % 3 == 0:
-                    await asyncio.to_thread(broker.stop, signal.SIGKILL)
+                    await asyncio.to_thread(broker.stop, signal.SIGKILL if KILL else signal.SIGTERM)
                     await asyncio.sleep(1)
                     await asyncio.to_thread(broker.start)
                 elif k % 3 == 1:
@@ -66,14 +68,24 @@ async def test_soak_zero_loss_across_kills_restarts_and_cuts(pki, tmp_path):
         await asyncio.gather(*tasks)
         await fault_task
         acked = {str(i) for i, ok in outcome.items() if ok is True}
-        for _ in range(600):
-            if acked <= verifier.seen():
+        stalls = 0
+        previous = -1
+        for _ in range(600):  # until everything arrived or nothing new came for 3 s
+            seen = verifier.seen()
+            if acked <= seen:
                 break
+            if len(seen) == previous:
+                stalls += 1
+                if stalls >= 30:
+                    break
+            else:
+                stalls = 0
+            previous = len(seen)
             await asyncio.sleep(0.1)
         received = verifier.received
         lost = acked - verifier.seen()
         duplicates = len(received) - len(set(received))
-        report = (f"sent={N} acknowledged={len(acked)} failed={N - len(acked)} received={len(set(received))} "
+        report = (f"kill={KILL} sent={N} acknowledged={len(acked)} failed={N - len(acked)} received={len(set(received))} "
                   f"lost={len(lost)} duplicates={duplicates} reconnects={pub.stats()['reconnects']}")
         print("\nSOAK:", report)
         await pub.disconnect()
@@ -84,3 +96,5 @@ async def test_soak_zero_loss_across_kills_restarts_and_cuts(pki, tmp_path):
     # on the SIGTERM restarts in test_reliability.py. Here every await completes and nothing
     # hangs; losses are reported.
     assert len(outcome) == N, report
+    if not KILL:
+        assert not lost, report
