@@ -14,9 +14,11 @@ Quick look::
 from __future__ import annotations
 
 import atexit
+import os
 
 from . import errors, topics
 from ._native import Message, __version__
+from ._native import after_fork_in_child as _after_fork_in_child
 from ._native import shutdown as _shutdown
 from .auth import Credentials, CustomAuth, MtlsAuth, SigV4Auth
 from .client import Client
@@ -93,3 +95,5 @@ __all__ = [
 
 # Disconnect live clients and stop the runtime before the interpreter finalizes.
 atexit.register(_shutdown)
+# Objects created before a fork() refuse to work in the child (instead of hanging).
+os.register_at_fork(after_in_child=_after_fork_in_child)

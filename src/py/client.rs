@@ -70,7 +70,7 @@ pub struct ClientRef {
     requests: Mutex<Option<Requests>>,
     sink: Arc<SwitchSink>,
     notifier: Mutex<Option<Arc<notifier::Inner>>>,
-    pid: u32,
+    pid: u64,
 }
 
 #[pymethods]
@@ -258,7 +258,7 @@ impl ClientRef {
             requests: Mutex::new(None),
             sink,
             notifier: Mutex::new(None),
-            pid: std::process::id(),
+            pid: runtime::generation(),
         })
     }
 

@@ -141,6 +141,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_identity, m)?)?;
     m.add_function(wrap_pyfunction!(check_ca, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(credentials::provide_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(credentials::fail_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(decrypt_key, m)?)?;

@@ -26,9 +26,24 @@ fn lock() -> MutexGuard<'static, Option<Owned>> {
 /// The message raised when an object created before `fork()` is used in the child.
 pub const FORK_MESSAGE: &str = "this awsiot_rs object was created in another process: a client cannot be used across fork(); create clients in the child (multiprocessing 'spawn' or 'forkserver' start methods do this)";
 
-/// Raises `RuntimeError` when called in a process other than `pid` (i.e. after `fork()`).
-pub fn check_pid(pid: u32) -> PyResult<()> {
-    if std::process::id() == pid {
+/// Incremented in a forked child (`os.register_at_fork(after_in_child=...)`), so objects
+/// created before the fork can tell, without a `getpid` system call per operation.
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The current fork generation, recorded by objects at creation.
+pub fn generation() -> u64 {
+    FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Called in the child after `fork()` (registered by `awsiot_rs/__init__.py`).
+#[pyfunction]
+pub fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Raises `RuntimeError` for an object created before a `fork()` and used in the child.
+pub fn check_pid(created: u64) -> PyResult<()> {
+    if generation() == created {
         Ok(())
     } else {
         Err(PyRuntimeError::new_err(FORK_MESSAGE))

@@ -19,7 +19,7 @@ pub struct SubscriptionRef {
     pub(crate) client: Arc<Client>,
     pub(crate) notifier: Arc<Inner>,
     pub(crate) closed: AtomicBool,
-    pub(crate) pid: u32,
+    pub(crate) pid: u64,
 }
 
 #[pymethods]
@@ -66,7 +66,7 @@ impl SubscriptionRef {
 impl Drop for SubscriptionRef {
     fn drop(&mut self) {
         // A subscription nobody reads must not hold back acknowledgements forever.
-        if !self.closed.load(Ordering::Acquire) && std::process::id() == self.pid {
+        if !self.closed.load(Ordering::Acquire) && crate::py::runtime::generation() == self.pid {
             self.client.close_subscription(self.queue.id(), None);
         }
     }
