@@ -93,7 +93,17 @@ __all__ = [
     "topics",
 ]
 
+
+
+def _at_exit() -> None:
+    """Disconnects live clients, stops the runtime, and emits the last core log records."""
+    from ._dispatch import flush_logs
+
+    _shutdown()
+    flush_logs()
+
+
 # Disconnect live clients and stop the runtime before the interpreter finalizes.
-atexit.register(_shutdown)
+atexit.register(_at_exit)
 # Objects created before a fork() refuse to work in the child (instead of hanging).
 os.register_at_fork(after_in_child=_after_fork_in_child)
