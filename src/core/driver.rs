@@ -960,25 +960,11 @@ impl Driver {
                 self.inbound_publish(conn, p)
             }
             Packet::PubAck(a) => {
-                self.log_in(Entry {
-                    kind: name,
-                    topic: None,
-                    pkid: a.pkid,
-                    qos: None,
-                    size,
-                    payload: None,
-                    detail: None,
-                });
-                match self.inflight.remove(a.pkid) {
-                    Some(Queued::Publish { op, .. }) => self.complete(op, Ok(Vec::new())),
-                    Some(other) => {
-                        log::warn!(
-                            "PUBACK for packet id {} which is not a PUBLISH: ignored",
-                            a.pkid
-                        );
-                        self.inflight.insert_at(a.pkid, other);
-                    }
-                    None => log::warn!("unsolicited PUBACK for packet id {}: ignored", a.pkid),
+                self.log_in(Entry::control(name, a.pkid, size));
+                if let Some(Queued::Publish { op, .. }) =
+                    self.acknowledged(a.pkid, name, |q| matches!(q, Queued::Publish { .. }))
+                {
+                    self.complete(op, Ok(Vec::new()));
                 }
                 Ok(())
             }
@@ -1001,93 +987,72 @@ impl Driver {
                     payload: None,
                     detail: Some(&detail),
                 });
-                match self.inflight.remove(s.pkid) {
-                    Some(Queued::Subscribe { filters, op }) => {
-                        if codes.len() != filters.len() {
-                            self.complete(
-                                op,
-                                Err(Error::Protocol(format!(
-                                    "SUBACK has {} return codes for {} filters",
-                                    codes.len(),
-                                    filters.len()
-                                ))),
-                            );
-                            return Ok(());
-                        }
-                        let refused: Vec<String> = filters
-                            .iter()
-                            .zip(&codes)
-                            .filter(|(_, c)| **c == 0x80)
-                            .map(|((f, _), _)| f.clone())
-                            .collect();
-                        if refused.is_empty() {
-                            self.complete(op, Ok(codes));
-                        } else {
-                            log::warn!("the broker refused the subscription to {refused:?}");
-                            self.complete(op, Err(Error::SubscribeRefused { filters: refused }));
-                        }
-                    }
-                    Some(other) => {
-                        log::warn!(
-                            "SUBACK for packet id {} which is not a SUBSCRIBE: ignored",
-                            s.pkid
+                if let Some(Queued::Subscribe { filters, op }) =
+                    self.acknowledged(s.pkid, name, |q| matches!(q, Queued::Subscribe { .. }))
+                {
+                    if codes.len() != filters.len() {
+                        self.complete(
+                            op,
+                            Err(Error::Protocol(format!(
+                                "SUBACK has {} return codes for {} filters",
+                                codes.len(),
+                                filters.len()
+                            ))),
                         );
-                        self.inflight.insert_at(s.pkid, other);
+                        return Ok(());
                     }
-                    None => log::warn!("unsolicited SUBACK for packet id {}: ignored", s.pkid),
+                    let refused: Vec<String> = filters
+                        .iter()
+                        .zip(&codes)
+                        .filter(|(_, c)| **c == 0x80)
+                        .map(|((f, _), _)| f.clone())
+                        .collect();
+                    if refused.is_empty() {
+                        self.complete(op, Ok(codes));
+                    } else {
+                        log::warn!("the broker refused the subscription to {refused:?}");
+                        self.complete(op, Err(Error::SubscribeRefused { filters: refused }));
+                    }
                 }
                 Ok(())
             }
             Packet::UnsubAck(u) => {
-                self.log_in(Entry {
-                    kind: name,
-                    topic: None,
-                    pkid: u.pkid,
-                    qos: None,
-                    size,
-                    payload: None,
-                    detail: None,
-                });
-                match self.inflight.remove(u.pkid) {
-                    Some(Queued::Unsubscribe { op, .. }) => self.complete(op, Ok(Vec::new())),
-                    Some(other) => {
-                        log::warn!(
-                            "UNSUBACK for packet id {} which is not an UNSUBSCRIBE: ignored",
-                            u.pkid
-                        );
-                        self.inflight.insert_at(u.pkid, other);
-                    }
-                    None => log::warn!("unsolicited UNSUBACK for packet id {}: ignored", u.pkid),
+                self.log_in(Entry::control(name, u.pkid, size));
+                if let Some(Queued::Unsubscribe { op, .. }) =
+                    self.acknowledged(u.pkid, name, |q| matches!(q, Queued::Unsubscribe { .. }))
+                {
+                    self.complete(op, Ok(Vec::new()));
                 }
                 Ok(())
             }
             Packet::PingResp => {
-                self.log_in(Entry {
-                    kind: name,
-                    topic: None,
-                    pkid: 0,
-                    qos: None,
-                    size,
-                    payload: None,
-                    detail: None,
-                });
+                self.log_in(Entry::control(name, 0, size));
                 conn.ping_sent = None;
                 Ok(())
             }
             other => {
-                self.log_in(Entry {
-                    kind: name,
-                    topic: None,
-                    pkid: 0,
-                    qos: None,
-                    size,
-                    payload: None,
-                    detail: None,
-                });
+                self.log_in(Entry::control(name, 0, size));
                 Err(Error::Protocol(format!(
                     "the broker sent {name}, which a server never sends to an MQTT 3.1.1 client at this point",
                     name = packet_name(&other)
                 )))
+            }
+        }
+    }
+
+    /// Takes the in-flight entry an acknowledgement (`ack`, e.g. `PUBACK`) resolves. An ack for
+    /// an unknown packet id, or for an entry of another type, is logged and ignored.
+    fn acknowledged(&mut self, pkid: u16, ack: &str, is: fn(&Queued) -> bool) -> Option<Queued> {
+        match self.inflight.remove(pkid) {
+            Some(q) if is(&q) => Some(q),
+            Some(other) => {
+                log::warn!("{ack} for packet id {pkid}, which is in flight as another packet type: ignored");
+                self.inflight.insert_at(pkid, other);
+                None
+            }
+            None => {
+                log::warn!("unsolicited {ack} for packet id {pkid}: ignored");
+                None
             }
         }
     }

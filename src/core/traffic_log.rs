@@ -37,6 +37,22 @@ pub struct Entry<'a> {
     pub detail: Option<&'a str>,
 }
 
+impl<'a> Entry<'a> {
+    /// A packet with only a type, packet id and size (acks, pings).
+    #[must_use]
+    pub fn control(kind: &'static str, pkid: u16, size: usize) -> Self {
+        Self {
+            kind,
+            topic: None,
+            pkid,
+            qos: None,
+            size,
+            payload: None,
+            detail: None,
+        }
+    }
+}
+
 /// An open traffic log.
 #[derive(Debug)]
 pub struct TrafficLog {
