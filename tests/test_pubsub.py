@@ -249,3 +249,18 @@ async def test_log_file_has_one_line_per_packet(plain_client, unique_topic, tmp_
     out_pub = next(line for line in lines if " OUT PUBLISH" in line)
     assert f'topic="{unique_topic}"' in out_pub and "payload=33" in out_pub and "pkid=" in out_pub
     assert "S3NTINEL-PW" not in text and "ppppp" not in text
+
+
+async def test_publish_many_sends_a_batch_in_order(plain_client, unique_topic):
+    async with plain_client() as c:
+        sub = await c.subscribe(unique_topic, qos=1)
+        await c.publish_many([(unique_topic, str(i)) for i in range(100)], qos=1)
+        await c.publish_many([(unique_topic, {"n": i}) for i in range(100, 150)], qos=0)
+        got = await take(sub, 150)
+        assert [m.payload for m in got[:100]] == [str(i).encode() for i in range(100)]
+        assert [m.json()["n"] for m in got[100:]] == list(range(100, 150))
+        with pytest.raises(awsiot_rs.TopicError):
+            await c.publish_many([(unique_topic, b"ok"), ("bad/+", b"x")], qos=1)
+        await asyncio.sleep(0.2)
+        assert sub.pending() == 0, "a batch with one invalid message sends nothing"
+        assert c.stats()["inflight"] == 0

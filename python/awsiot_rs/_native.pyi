@@ -114,6 +114,10 @@ class ClientRef:
     def connect(self, token: int) -> None: ...
     def disconnect(self, token: int) -> None: ...
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool, token: int | None = None) -> None: ...
+    def publish_many(
+        self, items: list[tuple[str, bytes]], qos: int, retain: bool, token: int | None = None
+    ) -> int:
+        """Queues many publishes; returns how many were queued (fewer only when full)."""
     def busy(self) -> bool:
         """Whether the submission queue is full."""
     def wait_writable(self, token: int) -> None:

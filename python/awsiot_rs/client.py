@@ -365,6 +365,58 @@ class Client:
             await fut
             return
 
+    def publish_many(
+        self,
+        messages: Iterable[tuple[str, Payload]],
+        *,
+        qos: int = 0,
+        retain: bool = False,
+    ) -> Awaitable[None]:
+        """Publishes many ``(topic, payload)`` messages with one crossing into the core; await
+        the result. Every message is validated before any is sent. QoS 1 completes when all are
+        acknowledged (raising the first error if one failed); QoS 0 once all are queued."""
+        items = [(topic, encode_payload(payload)) for topic, payload in messages]
+        d = self._dispatcher
+        if d is None:
+            self._native.publish_many(items, qos, retain, None)  # validates, then raises
+            raise ClientClosedError("the client is not connected: call connect() first")
+        if qos == 0:
+            n = self._native.publish_many(items, 0, retain, None)
+            if n == len(items):
+                return d.done
+            return self._publish_many_rest(d, items[n:], 0, retain, [])
+        token, fut = d.new_future()
+        try:
+            n = self._native.publish_many(items, qos, retain, token)
+        except BaseException:
+            d.discard(token)
+            raise
+        if n == len(items):
+            return fut
+        return self._publish_many_rest(d, items[n:], qos, retain, [fut])
+
+    async def _publish_many_rest(
+        self,
+        d: Dispatcher,
+        items: list[tuple[str, bytes]],
+        qos: int,
+        retain: bool,
+        waiting: list[asyncio.Future[Any]],
+    ) -> None:
+        """The slow path of ``publish_many``: wait for room, submit the rest, await them all."""
+        while items:
+            room_token, room = d.new_future()
+            self._native.wait_writable(room_token)
+            await room
+            token: int | None = None
+            if qos:
+                token, fut = d.new_future()
+                waiting.append(fut)
+            n = self._native.publish_many(items, qos, retain, token)
+            items = items[n:]
+        if waiting:
+            await asyncio.gather(*waiting)
+
     def publish_nowait(
         self, topic: str, payload: Payload = b"", *, qos: int = 0, retain: bool = False
     ) -> None:

@@ -26,6 +26,72 @@ use crate::py::credentials::{PyProvider, Target};
 /// Custom-authorizer fields for the CONNECT user name: (name, signature, (token key, token)).
 type AuthorizerArgs = (Option<String>, Option<String>, Option<(String, String)>);
 
+/// Completes one reply when every part of a batch has completed (first error wins).
+struct Countdown {
+    remaining: std::sync::atomic::AtomicUsize,
+    error: Mutex<Option<Error>>,
+    reply: Mutex<Option<crate::core::Reply<()>>>,
+}
+
+impl Countdown {
+    fn new(reply: crate::core::Reply<()>) -> Arc<Self> {
+        Arc::new(Self {
+            // One extra count for the submission itself, released by `done_submitting`.
+            remaining: std::sync::atomic::AtomicUsize::new(1),
+            error: Mutex::new(None),
+            reply: Mutex::new(Some(reply)),
+        })
+    }
+
+    fn part(self: &Arc<Self>) -> crate::core::Reply<()> {
+        self.remaining
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let this = Arc::clone(self);
+        Box::new(move |r: crate::core::Result<()>| {
+            if let Err(e) = r {
+                this.fail(e);
+            }
+            this.release();
+        })
+    }
+
+    fn fail(&self, e: Error) {
+        let mut first = self
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if first.is_none() {
+            *first = Some(e);
+        }
+    }
+
+    fn done_submitting(&self) {
+        self.release();
+    }
+
+    fn release(&self) {
+        if self
+            .remaining
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            let reply = self
+                .reply
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let error = self
+                .error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(r) = reply {
+                r(error.map_or(Ok(()), Err));
+            }
+        }
+    }
+}
+
 /// Cached temporary credentials are refreshed this long before they expire.
 const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
 use crate::py::errors::IntoPyResult;
@@ -356,6 +422,60 @@ impl ClientRef {
         self.client
             .publish(topic, Bytes::copy_from_slice(payload), qos, retain, reply)
             .py(py)
+    }
+
+    /// Submits many PUBLISHes in one call. `items` is a list of `(topic, payload)` tuples; all
+    /// are validated before any is queued. Returns how many were queued: fewer than all only
+    /// when the submission queue filled up (wait with `wait_writable`, then submit the rest).
+    /// With `token`, that future completes when every queued publish completed (QoS 1: at its
+    /// PUBACK), with the first error if one failed.
+    #[pyo3(signature = (items, qos, retain, token=None))]
+    fn publish_many(
+        &self,
+        py: Python<'_>,
+        items: Vec<(String, Vec<u8>)>,
+        qos: i64,
+        retain: bool,
+        token: Option<u64>,
+    ) -> PyResult<usize> {
+        check_pid(self.pid)?;
+        let qos = QoS::from_u8(qos).py(py)?;
+        for (topic, payload) in &items {
+            crate::core::topic::validate_topic(topic, self.client.config().limits).py(py)?;
+            self.client.config().check_payload(payload.len()).py(py)?;
+        }
+        let countdown = match token {
+            Some(t) => Some(Countdown::new(notifier::reply(
+                &self.notifier(py)?,
+                t,
+                |()| Output::Unit,
+            ))),
+            None => None,
+        };
+        let mut queued = 0;
+        for (topic, payload) in items {
+            let reply = countdown.as_ref().map(Countdown::part);
+            match self
+                .client
+                .publish(topic, Bytes::from(payload), qos, retain, reply)
+            {
+                Ok(()) => queued += 1,
+                Err(Error::QueueFull(_)) if self.client.busy() => break,
+                Err(e) => {
+                    if let Some(c) = &countdown {
+                        c.fail(e.clone());
+                    }
+                    if queued == 0 {
+                        return Err(crate::py::errors::to_pyerr(py, &e));
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(c) = countdown {
+            c.done_submitting();
+        }
+        Ok(queued)
     }
 
     /// Whether the submission queue is full (then `wait_writable` tells when it has room).
