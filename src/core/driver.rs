@@ -258,6 +258,9 @@ impl Driver {
                     if let Some(reply) = connect_reply.take() {
                         log::info!("client {client_id}: connect failed: {e}");
                         self.give_up(&e);
+                        // Stopped before answering, so connect() may be called again at once.
+                        self.drain_channel();
+                        self.shared.set_state(State::Closed);
                         reply(Err(e));
                         break;
                     }
