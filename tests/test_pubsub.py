@@ -264,3 +264,25 @@ async def test_publish_many_sends_a_batch_in_order(plain_client, unique_topic):
         await asyncio.sleep(0.2)
         assert sub.pending() == 0, "a batch with one invalid message sends nothing"
         assert c.stats()["inflight"] == 0
+
+
+async def test_many_clients_on_one_loop_each_get_their_own_messages(plain_client, unique_topic):
+    clients = [plain_client() for _ in range(5)]
+    got: dict[int, list[bytes]] = {i: [] for i in range(5)}
+    iters = []
+    for i, c in enumerate(clients):
+        await c.connect()
+        await c.subscribe(f"{unique_topic}/{i}", callback=lambda m, i=i: got[i].append(m.payload))
+        iters.append(await c.subscribe(f"{unique_topic}/{i}"))
+    for i in range(5):
+        await clients[0].publish(f"{unique_topic}/{i}", str(i), qos=1)
+    for i in range(5):
+        m = await asyncio.wait_for(iters[i].__anext__(), 5)
+        assert m.payload == str(i).encode()
+    for _ in range(100):
+        if all(got.values()):
+            break
+        await asyncio.sleep(0.02)
+    assert got == {i: [str(i).encode()] for i in range(5)}, "every client's callback got its own message"
+    for c in clients:
+        await c.disconnect()

@@ -177,6 +177,8 @@ impl Shared {
     }
 }
 
+static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Capacity of the command channel between handle and driver.
 pub const COMMAND_CAPACITY: usize = 65_536;
 
@@ -185,7 +187,6 @@ pub struct Client {
     shared: Arc<Shared>,
     runtime: Handle,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
-    next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -223,7 +224,6 @@ impl Client {
             }),
             runtime,
             commands: Mutex::new(None),
-            next_id: AtomicU64::new(1),
         })
     }
 
@@ -239,9 +239,10 @@ impl Client {
         &self.shared.config
     }
 
-    /// A fresh id for a subscription queue.
+    /// A fresh id for a subscription queue, unique in the process (hosts that serve many
+    /// clients from one place, like one asyncio loop, key their wake-ups by it).
     pub fn new_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The connection state.

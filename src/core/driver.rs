@@ -41,8 +41,9 @@ const WBUF_HIGH: usize = 1 << 20;
 const OUTBOX_HIGH: usize = 65_536;
 /// At most this many commands are taken per wake-up before writing.
 const COMMAND_BURST: usize = 1024;
-/// Read buffer growth step.
-const READ_CHUNK: usize = 64 * 1024;
+/// Initial read/write buffer size; buffers grow (doubling) only when traffic needs it, so
+/// idle connections stay small.
+const BUFFER_START: usize = 4 * 1024;
 
 /// An operation's completion.
 enum OpReply {
@@ -593,7 +594,7 @@ impl Driver {
             rd,
             wr,
             rbuf: opened.leftover,
-            wbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::with_capacity(BUFFER_START),
             needs_flush: false,
             last_write: Instant::now(),
             last_read: Instant::now(),
@@ -658,7 +659,8 @@ impl Driver {
             let take_commands = conn.wbuf.len() < WBUF_HIGH && self.outbox.len() < OUTBOX_HIGH;
             let want_write = !conn.wbuf.is_empty() || conn.needs_flush;
             if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
-                conn.rbuf.reserve(READ_CHUNK);
+                let grow = conn.rbuf.capacity().max(BUFFER_START);
+                conn.rbuf.reserve(grow);
             }
             tokio::select! {
                 r = conn.rd.read_buf(&mut conn.rbuf) => {

@@ -6,7 +6,9 @@
 /// A table of in-flight entries keyed by packet id (1..=capacity), remembering submission order.
 #[derive(Debug)]
 pub struct Inflight<T> {
+    /// Grows on demand up to `capacity` (idle connections stay small).
     slots: Vec<Option<(u64, T)>>,
+    capacity: usize,
     next: usize,
     len: usize,
     seq: u64,
@@ -16,11 +18,9 @@ impl<T> Inflight<T> {
     /// A table for packet ids `1..=capacity` (capacity ≥ 1).
     #[must_use]
     pub fn new(capacity: u16) -> Self {
-        let capacity = usize::from(capacity.max(1));
-        let mut slots = Vec::with_capacity(capacity);
-        slots.resize_with(capacity, || None);
         Self {
-            slots,
+            slots: Vec::new(),
+            capacity: usize::from(capacity.max(1)),
             next: 0,
             len: 0,
             seq: 0,
@@ -42,28 +42,13 @@ impl<T> Inflight<T> {
     /// Whether every packet id is taken.
     #[must_use]
     pub fn is_full(&self) -> bool {
-        self.len == self.slots.len()
+        self.len == self.capacity
     }
 
     /// Stores `value` under a free packet id and returns it; `None` when full.
     pub fn insert(&mut self, value: T) -> Option<u16> {
-        if self.is_full() {
-            return None;
-        }
-        let n = self.slots.len();
-        for step in 0..n {
-            let i = (self.next + step) % n;
-            if let Some(slot) = self.slots.get_mut(i) {
-                if slot.is_none() {
-                    self.seq += 1;
-                    *slot = Some((self.seq, value));
-                    self.len += 1;
-                    self.next = (i + 1) % n;
-                    return u16::try_from(i + 1).ok();
-                }
-            }
-        }
-        None
+        let pkid = self.free_pkid()?;
+        self.insert_at(pkid, value).then_some(pkid)
     }
 
     /// The packet id the next [`Inflight::insert`] would use; `None` when full.
@@ -72,10 +57,11 @@ impl<T> Inflight<T> {
         if self.is_full() {
             return None;
         }
-        let n = self.slots.len();
+        let n = self.capacity;
+        // Slots not allocated yet count as free.
         (0..n)
             .map(|step| (self.next + step) % n)
-            .find(|&i| self.slots.get(i).is_some_and(Option::is_none))
+            .find(|&i| self.slots.get(i).is_none_or(Option::is_none))
             .and_then(|i| u16::try_from(i + 1).ok())
     }
 
@@ -85,7 +71,13 @@ impl<T> Inflight<T> {
         let Some(i) = usize::from(pkid).checked_sub(1) else {
             return false;
         };
-        let n = self.slots.len();
+        let n = self.capacity;
+        if i >= n {
+            return false;
+        }
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
         let Some(slot) = self.slots.get_mut(i) else {
             return false;
         };
