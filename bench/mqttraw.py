@@ -4,14 +4,15 @@ This is the ``raw`` client of the benchmark (the ceiling of what pure Python + a
 do: packets are pre-encoded, parsing reads fixed headers only) and the helper processes
 (the counting subscriber of ``pub_qos0`` and the load publisher of ``recv_qos0_*``) are
 built on it. It speaks just enough MQTT: CONNECT/CONNACK, SUBSCRIBE/SUBACK, PUBLISH (QoS 0
-and 1, both ways), PUBACK and DISCONNECT. No TLS, no reconnect, no keep-alive pings (the
-keep-alive is 0 = disabled).
+and 1, both ways), PUBACK and DISCONNECT; over TCP, or TLS when given an ``ssl.SSLContext``.
+No reconnect, no keep-alive pings (the keep-alive is 0 = disabled).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 HOST = "127.0.0.1"  # loopback only, always
 
@@ -108,6 +109,7 @@ class RawProtocol(asyncio.Protocol):
         for fut in (self.connack, self.suback, self.puback_waiter, self._resume):
             if fut is not None and not fut.done():
                 fut.set_exception(err)
+                fut.exception()  # no "never retrieved" noise for futures nobody awaits
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -205,15 +207,18 @@ async def connect(
     *,
     on_publish: OnPublish | None = None,
     timeout: float = 10.0,
+    ssl: Any = None,
+    write_buffer_high: int = 4 * 1024 * 1024,
 ) -> RawProtocol:
-    """Opens a TCP connection to the broker on 127.0.0.1 and completes the MQTT handshake."""
+    """Opens a TCP connection to the broker on 127.0.0.1 (TLS when ``ssl`` is an
+    ``ssl.SSLContext``) and completes the MQTT handshake."""
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: RawProtocol(on_publish), HOST, port), timeout
+        loop.create_connection(lambda: RawProtocol(on_publish), HOST, port, ssl=ssl), timeout
     )
     assert proto.transport is not None
     # Large write buffer so bursts are queued in user space rather than pausing every write.
-    proto.transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+    proto.transport.set_write_buffer_limits(high=write_buffer_high)
     proto.transport.write(connect_packet(client_id))
     code = await asyncio.wait_for(proto.connack, timeout)
     if code != 0:

@@ -24,7 +24,15 @@ the orchestrator may subtract a time taken here from one taken in another proces
 Clients: ``awsiot_rs``, ``paho`` (paho-mqtt 2.x, threaded ``loop_start()``), ``gmqtt``
 (asyncio), ``raw`` (``mqttraw``: pre-encoded packets on a bare asyncio protocol). Helpers
 (client name ``helper``): ``sub`` counts QoS 0 arrivals for ``pub_qos0*``; ``pub`` sends
-the load for ``recv_qos0_*``.
+the load for ``recv_qos0_*``; ``pub_each`` sends one message to each of the ``scale``
+topics.
+
+Worker scenarios: ``pub_qos0`` (also run over mTLS with ``--ca/--cert/--key`` and with 16 KiB
+payloads), ``pub_qos0_await``, ``pub_qos1``, ``pub_qos1_nowait``, ``recv_qos0_iter``,
+``recv_qos0_cb``, ``latency`` / ``latency_iter`` (``--messages`` round trips after
+``--warmup``; the result carries percentiles in µs) and ``scale`` (``--count`` connections,
+``--concurrency`` at a time; ``ready`` comes after all are connected and subscribed, then a
+line on stdin says the helper has published, and the result counts deliveries).
 
 Adding a scenario: write a function ``f(ctx) -> dict`` (or ``async def``) that emits
 ``ready`` and returns the result fields, and register it with ``@worker(client, scenario)``.
@@ -67,6 +75,12 @@ def cpu() -> float:
     """CPU seconds (user + system) used so far by every thread of this process."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def switches() -> int:
+    """Context switches (voluntary + involuntary) so far, all threads of this process."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_nvcsw + r.ru_nivcsw
 
 
 def pin(core: int | None) -> None:
@@ -127,6 +141,22 @@ class Ctx:
     client_id: str
     rate: float  # helper ``pub``: messages per second, 0 = as fast as possible
     idle: float  # helper ``sub``: stop after this long without a message (once started)
+    #: Mutual TLS (all three set) or plain TCP (all None). PEM file paths.
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    warmup: int = 100  # ``latency``: round trips before the measured ones
+    count: int = 1000  # ``scale``: connections
+    concurrency: int = 100  # ``scale``: connection attempts in progress at once
+
+    def ssl_context(self) -> Any:
+        """A client ``ssl.SSLContext`` for the mTLS listener (for gmqtt and raw)."""
+        import ssl
+
+        assert self.ca and self.cert and self.key
+        sc = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+        sc.load_cert_chain(self.cert, self.key)
+        return sc
 
 
 def resolve(fut: asyncio.Future[None]) -> None:
@@ -211,14 +241,18 @@ def pub_qos0_result(t0: float, c0: float, t_sent: float, c_sent: float, got_stop
 async def _awsiot_connect(ctx: Ctx) -> Any:
     import awsiot_rs
 
+    if ctx.ca and ctx.cert and ctx.key:
+        security: dict[str, Any] = {"ca": ctx.ca, "auth": awsiot_rs.MtlsAuth(ctx.cert, ctx.key)}
+    else:
+        security = {"tls": False}
     client = awsiot_rs.Client(
         HOST,
         port=ctx.port,
-        tls=False,
         limits="mqtt",
         client_id=ctx.client_id,
         keep_alive=60,
         inflight=ctx.inflight,
+        **security,
     )
     await asyncio.wait_for(client.connect(), 10)
     return client
@@ -405,6 +439,8 @@ def _paho_connect(ctx: Ctx) -> Any:
     client.max_queued_messages_set(0)  # unlimited
     connected = threading.Event()
     client.on_connect = lambda c, userdata, flags, rc, props: connected.set()
+    if ctx.ca:
+        client.tls_set(ca_certs=ctx.ca, certfile=ctx.cert, keyfile=ctx.key)
     client.connect(HOST, ctx.port, keepalive=60)
     client.loop_start()
     if not connected.wait(10):
@@ -503,7 +539,9 @@ async def _gmqtt_connect(ctx: Ctx, on_message: Callable[..., Any] | None = None)
     client.bench_storage = storage
     if on_message is not None:
         client.on_message = on_message
-    await asyncio.wait_for(client.connect(HOST, ctx.port, keepalive=60, version=MQTTv311), 10)
+    ssl = ctx.ssl_context() if ctx.ca else False
+    await asyncio.wait_for(
+        client.connect(HOST, ctx.port, keepalive=60, version=MQTTv311, ssl=ssl), 10)
     return client
 
 
@@ -588,12 +626,16 @@ async def gmqtt_recv(ctx: Ctx) -> dict[str, Any]:
 _RAW_FLUSH = 16 * 1024  # bytes gathered before one transport.write()
 
 
+def _raw_ssl(ctx: Ctx) -> Any:
+    return ctx.ssl_context() if ctx.ca else None
+
+
 @worker("raw", "pub_qos0")
 async def raw_pub_qos0(ctx: Ctx) -> dict[str, Any]:
     """A pre-encoded PUBLISH appended per message to a buffer, written every 16 KiB."""
     import mqttraw
 
-    proto = await mqttraw.connect(ctx.port, ctx.client_id)
+    proto = await mqttraw.connect(ctx.port, ctx.client_id, ssl=_raw_ssl(ctx))
     transport = proto.transport
     assert transport is not None
     packet = mqttraw.publish_packet(ctx.topic, ctx.payload)
@@ -623,7 +665,7 @@ async def raw_pub_qos1(ctx: Ctx) -> dict[str, Any]:
     as many PUBACKs (counted by fixed header, ids not checked)."""
     import mqttraw
 
-    proto = await mqttraw.connect(ctx.port, ctx.client_id)
+    proto = await mqttraw.connect(ctx.port, ctx.client_id, ssl=_raw_ssl(ctx))
     transport = proto.transport
     assert transport is not None
     head, payload = mqttraw.publish_qos1_parts(ctx.topic, ctx.payload)
@@ -672,7 +714,8 @@ async def raw_recv(ctx: Ctx) -> dict[str, Any]:
         _topic = bytes(buf[start + 2 : start + 2 + tlen])
         on_message(bytes(buf[pstart:end]))
 
-    proto = await mqttraw.connect(ctx.port, ctx.client_id, on_publish=on_publish)
+    proto = await mqttraw.connect(ctx.port, ctx.client_id, ssl=_raw_ssl(ctx),
+                                  on_publish=on_publish)
     await mqttraw.subscribe(proto, ctx.topic, 0)
     emit("ready")
     c0 = cpu()
@@ -683,6 +726,427 @@ async def raw_recv(ctx: Ctx) -> dict[str, Any]:
     result = rec.result(c0)
     await proto.disconnect()
     return result
+
+
+# -- latency: one QoS 0 message at a time to a topic the client itself subscribes to ----------
+
+
+def latency_result(samples_ns: list[int], seconds: float, cpu_s: float,
+                   ctx_switches: int) -> dict[str, Any]:
+    """Percentiles (nearest rank) of round-trip times in µs, plus the section's totals."""
+    xs = sorted(samples_ns)
+    n = len(xs)
+
+    def pct(q: float) -> float:
+        return xs[min(n - 1, max(0, int(q * n + 0.5) - 1))] / 1000 if n else 0.0
+
+    return {
+        "round_trips": n,
+        "p50_us": pct(0.50),
+        "p90_us": pct(0.90),
+        "p99_us": pct(0.99),
+        "max_us": xs[-1] / 1000 if n else 0.0,
+        "mean_us": sum(xs) / n / 1000 if n else 0.0,
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "switches_per_rt": ctx_switches / n if n else None,
+    }
+
+
+async def run_latency(ctx: Ctx, round_trip: Callable[[], Any]) -> dict[str, Any]:
+    """``--warmup`` unmeasured round trips, then ``--messages`` timed ones
+    (``time.perf_counter_ns`` around each ``await round_trip()``)."""
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    t0, c0, s0 = now(), cpu(), switches()
+
+    async def run() -> None:
+        nonlocal t0, c0, s0
+        for _ in range(ctx.warmup):
+            await round_trip()
+        append = samples.append
+        t0, c0, s0 = now(), cpu(), switches()
+        for _ in range(ctx.messages):
+            t = clock()
+            await round_trip()
+            append(clock() - t)
+
+    error = None
+    try:
+        await asyncio.wait_for(run(), ctx.timeout)
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        error = f"{type(e).__name__}: {e}"
+    result = latency_result(samples, now() - t0, cpu() - c0, switches() - s0)
+    result["error"] = error
+    return result
+
+
+def run_latency_sync(ctx: Ctx, round_trip: Callable[[], bool]) -> dict[str, Any]:
+    """``run_latency`` for a blocking client; ``round_trip()`` returns False on timeout."""
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    error = None
+    t0, c0, s0 = now(), cpu(), switches()
+    for i in range(ctx.warmup + ctx.messages):
+        if i == ctx.warmup:
+            t0, c0, s0 = now(), cpu(), switches()
+        t = clock()
+        if not round_trip():
+            error = f"timeout: round trip {i} did not come back within 5 s"
+            break
+        if i >= ctx.warmup:
+            samples.append(clock() - t)
+    result = latency_result(samples, now() - t0, cpu() - c0, switches() - s0)
+    result["error"] = error
+    return result
+
+
+@worker("awsiot_rs", "latency")
+async def awsiot_latency(ctx: Ctx) -> dict[str, Any]:
+    """``await publish(qos=0)``, then awaits a future that the subscription's callback
+    resolves."""
+    client = await _awsiot_connect(ctx)
+    loop = asyncio.get_running_loop()
+    waiter: list[asyncio.Future[None] | None] = [None]
+
+    def on_message(msg: Any) -> None:
+        fut = waiter[0]
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    await client.subscribe(ctx.topic, qos=0, callback=on_message)
+    publish, topic, payload = client.publish, ctx.topic, ctx.payload
+    emit("ready")
+
+    async def round_trip() -> None:
+        fut = waiter[0] = loop.create_future()
+        await publish(topic, payload, qos=0)
+        await fut
+
+    result = await run_latency(ctx, round_trip)
+    result["stats"] = client.stats()
+    await asyncio.wait_for(client.disconnect(), 10)
+    return result
+
+
+@worker("awsiot_rs", "latency_iter")
+async def awsiot_latency_iter(ctx: Ctx) -> dict[str, Any]:
+    """``await publish(qos=0)``, then the next message of ``async for`` (``__anext__``)."""
+    client = await _awsiot_connect(ctx)
+    sub = await client.subscribe(ctx.topic, qos=0)
+    publish, topic, payload = client.publish, ctx.topic, ctx.payload
+    next_message = sub.__anext__
+    emit("ready")
+
+    async def round_trip() -> None:
+        await publish(topic, payload, qos=0)
+        await next_message()
+
+    result = await run_latency(ctx, round_trip)
+    result["stats"] = client.stats()
+    await asyncio.wait_for(client.disconnect(), 10)
+    return result
+
+
+@worker("paho", "latency")
+def paho_latency(ctx: Ctx) -> dict[str, Any]:
+    """``publish(qos=0)`` from the main thread, which then waits on a ``threading.Event``
+    that ``on_message`` (loop thread) sets."""
+    client = _paho_connect(ctx)
+    arrived = threading.Event()
+    client.on_message = lambda c, userdata, msg: arrived.set()
+    subscribed = threading.Event()
+    client.on_subscribe = lambda c, userdata, mid, rcs, props: subscribed.set()
+    client.subscribe(ctx.topic, 0)
+    if not subscribed.wait(10):
+        raise TimeoutError("paho: no SUBACK within 10 s")
+    publish, topic, payload = client.publish, ctx.topic, ctx.payload
+    emit("ready")
+
+    def round_trip() -> bool:
+        arrived.clear()
+        publish(topic, payload, 0)
+        return arrived.wait(5)
+
+    result = run_latency_sync(ctx, round_trip)
+    _paho_close(client)
+    return result
+
+
+@worker("gmqtt", "latency")
+async def gmqtt_latency(ctx: Ctx) -> dict[str, Any]:
+    """``publish(qos=0)``, then awaits a future that ``on_message`` resolves."""
+    loop = asyncio.get_running_loop()
+    waiter: list[asyncio.Future[None] | None] = [None]
+
+    def handler(client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        fut = waiter[0]
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        return 0
+
+    client = await _gmqtt_connect(ctx, handler)
+    subscribed: asyncio.Future[None] = loop.create_future()
+    client.on_subscribe = lambda c, mid, qos, props: resolve(subscribed)
+    client.subscribe(ctx.topic, qos=0)
+    await asyncio.wait_for(subscribed, 10)
+    publish, topic, payload = client.publish, ctx.topic, ctx.payload
+    emit("ready")
+
+    async def round_trip() -> None:
+        fut = waiter[0] = loop.create_future()
+        publish(topic, payload, qos=0)
+        await fut
+
+    result = await run_latency(ctx, round_trip)
+    await asyncio.wait_for(client.disconnect(), 10)
+    return result
+
+
+@worker("raw", "latency")
+async def raw_latency(ctx: Ctx) -> dict[str, Any]:
+    """A pre-encoded PUBLISH per ``transport.write()``; ``data_received`` resolves the
+    future."""
+    import mqttraw
+
+    loop = asyncio.get_running_loop()
+    waiter: list[asyncio.Future[None] | None] = [None]
+
+    def on_publish(buf: bytearray, header: int, start: int, end: int) -> None:
+        fut = waiter[0]
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    proto = await mqttraw.connect(ctx.port, ctx.client_id, ssl=_raw_ssl(ctx),
+                                  on_publish=on_publish)
+    await mqttraw.subscribe(proto, ctx.topic, 0)
+    transport = proto.transport
+    assert transport is not None
+    packet = mqttraw.publish_packet(ctx.topic, ctx.payload)
+    emit("ready")
+
+    async def round_trip() -> None:
+        fut = waiter[0] = loop.create_future()
+        transport.write(packet)
+        await fut
+
+    result = await run_latency(ctx, round_trip)
+    await proto.disconnect()
+    return result
+
+
+# -- scale: many connections in one process ---------------------------------------------------
+
+
+def rss_kib() -> int:
+    """This process's resident set size (``VmRSS`` of ``/proc/self/status``) in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raises the soft ``RLIMIT_NOFILE`` to the hard limit; returns the limits now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            print(f"worker: cannot raise RLIMIT_NOFILE: {e}", file=sys.stderr)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+class Deliveries:
+    """Counts, per connection, the one message the ``scale`` helper publishes to it."""
+
+    def __init__(self, count: int) -> None:
+        self.got = bytearray(count)
+        self.delivered = 0
+        self.duplicates = 0
+        self.t_last = 0.0
+        self.all_in: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_message(self, index: int) -> None:
+        if self.got[index]:
+            self.duplicates += 1
+            return
+        self.got[index] = 1
+        self.delivered += 1
+        self.t_last = now()
+        if self.delivered == len(self.got):
+            resolve(self.all_in)
+
+
+async def run_scale(
+    ctx: Ctx,
+    open_one: Callable[[int, Deliveries], Any],
+    close_all: Callable[[], Any],
+    arrived: Callable[[], int] | None = None,
+) -> dict[str, Any]:
+    """Opens ``--count`` connections (``await open_one(i, deliveries)``: connect and
+    subscribe to ``<topic>/<i>``), at most ``--concurrency`` at a time; reports time, CPU and
+    RSS growth; emits ``ready``; then counts the message the helper publishes to each topic
+    until all are in, or ``--idle`` s after the orchestrator's "published" line without
+    progress, or ``--timeout``. ``arrived()`` (optional) counts messages that reached the
+    client library but not (yet) the application."""
+    limits = raise_nofile()
+    k = ctx.count
+    deliveries = Deliveries(k)
+    sem = asyncio.Semaphore(max(1, ctx.concurrency))
+    opened = 0
+
+    async def one(i: int) -> None:
+        nonlocal opened
+        async with sem:
+            await open_one(i, deliveries)
+            opened += 1
+
+    rss0 = rss_kib()
+    t0, c0 = now(), cpu()
+    error = None
+    tasks = [asyncio.ensure_future(one(i)) for i in range(k)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), ctx.timeout)
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        error = f"after {opened} of {k} connections: {type(e).__name__}: {e}"
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    t1, c1 = now(), cpu()
+    rss1 = rss_kib()
+    result: dict[str, Any] = {
+        "count": k,
+        "opened": opened,
+        "connect_s": t1 - t0,
+        "connect_cpu_s": c1 - c0,
+        "rss0_kib": rss0,
+        "rss1_kib": rss1,
+        "kib_per_conn": (rss1 - rss0) / max(opened, 1),
+        "threads": len(os.listdir("/proc/self/task")),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "nofile": list(limits),
+        "error": error,
+    }
+    emit("ready", opened=opened)
+    # Delivery check: the helper publishes one message to each of the K topics.
+    loop_t0 = now()
+    published_at = 0.0
+    stdin_line = asyncio.ensure_future(wait_line(ctx.timeout))
+    while not deliveries.all_in.done() and error is None:
+        if stdin_line.done() and not published_at:
+            published_at = now()
+        if published_at and now() - max(published_at, deliveries.t_last) > ctx.idle:
+            break
+        if now() - loop_t0 > ctx.timeout:
+            break
+        try:
+            await asyncio.wait_for(asyncio.shield(deliveries.all_in), 0.05)
+        except TimeoutError:
+            pass
+    stdin_line.cancel()
+    result.update(
+        delivered=deliveries.delivered,
+        duplicates=deliveries.duplicates,
+        deliver_s=(deliveries.t_last - loop_t0) if deliveries.delivered else None,
+        arrived=arrived() if arrived is not None else None,
+        rss2_kib=rss_kib(),
+    )
+    t2 = now()
+    try:
+        await asyncio.wait_for(close_all(), 60)
+        result["close_s"] = now() - t2
+    except Exception as e:  # noqa: BLE001
+        result["close_error"] = f"{type(e).__name__}: {e}"
+    return result
+
+
+@worker("awsiot_rs", "scale")
+async def awsiot_scale(ctx: Ctx) -> dict[str, Any]:
+    """``Client(...)``, ``await connect()``, ``await subscribe(topic_i, qos=0,
+    callback=...)`` per connection; ``disconnect()`` all at the end."""
+    import awsiot_rs
+
+    clients: list[Any] = []
+    subs: list[Any] = []
+
+    async def open_one(i: int, deliveries: Deliveries) -> None:
+        client = awsiot_rs.Client(HOST, port=ctx.port, tls=False, limits="mqtt",
+                                  client_id=f"{ctx.client_id}-{i}", keep_alive=60,
+                                  inflight=ctx.inflight)
+        clients.append(client)
+        await client.connect()
+        on_message = deliveries.on_message
+        subs.append(await client.subscribe(f"{ctx.topic}/{i}", qos=0,
+                                           callback=lambda m: on_message(i)))
+
+    async def close_all() -> None:
+        await asyncio.gather(*(c.disconnect() for c in clients))
+
+    def received() -> int:
+        # What the library received (its counters), whether or not a callback ran.
+        return sum(c.stats().get("messages_received", 0) for c in clients)
+
+    return await run_scale(ctx, open_one, close_all, received)
+
+
+@worker("raw", "scale")
+async def raw_scale(ctx: Ctx) -> dict[str, Any]:
+    """``mqttraw.connect()`` (CONNECT/CONNACK) + ``mqttraw.subscribe()`` (SUBSCRIBE/SUBACK) on
+    one asyncio socket per connection; ``data_received`` counts the PUBLISH."""
+    import mqttraw
+
+    protos: list[Any] = []
+
+    async def open_one(i: int, deliveries: Deliveries) -> None:
+        on_message = deliveries.on_message
+
+        def on_publish(buf: bytearray, header: int, start: int, end: int) -> None:
+            on_message(i)
+
+        # Default asyncio write-buffer limits: a scale client writes a few bytes.
+        proto = await mqttraw.connect(ctx.port, f"{ctx.client_id}-{i}", on_publish=on_publish,
+                                      write_buffer_high=64 * 1024)
+        protos.append(proto)
+        await mqttraw.subscribe(proto, f"{ctx.topic}/{i}", 0)
+
+    async def close_all() -> None:
+        await asyncio.gather(*(p.disconnect() for p in protos))
+
+    return await run_scale(ctx, open_one, close_all)
+
+
+@worker("gmqtt", "scale")
+async def gmqtt_scale(ctx: Ctx) -> dict[str, Any]:
+    """``gmqtt.Client``, ``await connect()``, ``subscribe()`` + wait for ``on_subscribe``
+    per connection; ``on_message`` counts."""
+    import gmqtt
+    from gmqtt.mqtt.constants import MQTTv311
+
+    clients: list[Any] = []
+    loop = asyncio.get_running_loop()
+
+    async def open_one(i: int, deliveries: Deliveries) -> None:
+        on_message = deliveries.on_message
+
+        def handler(client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
+            on_message(i)
+            return 0
+
+        client = gmqtt.Client(f"{ctx.client_id}-{i}")
+        client.on_message = handler
+        clients.append(client)
+        await client.connect(HOST, ctx.port, keepalive=60, version=MQTTv311)
+        subscribed: asyncio.Future[None] = loop.create_future()
+        client.on_subscribe = lambda c, mid, qos, props: resolve(subscribed)
+        client.subscribe(f"{ctx.topic}/{i}", qos=0)
+        await subscribed
+
+    async def close_all() -> None:
+        await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
+
+    return await run_scale(ctx, open_one, close_all)
 
 
 # -- helpers (not measured clients) ---------------------------------------------------------
@@ -761,6 +1225,28 @@ async def helper_pub(ctx: Ctx) -> dict[str, Any]:
     return {"sent": sent, "t0": t0, "t_sent": t1}
 
 
+@worker("helper", "pub_each")
+async def helper_pub_each(ctx: Ctx) -> dict[str, Any]:
+    """The load of ``scale``: one QoS 0 PUBLISH to each of ``<topic>/0`` .. ``<topic>/<count-1>``,
+    1000 per write."""
+    import mqttraw
+
+    proto = await mqttraw.connect(ctx.port, ctx.client_id)
+    transport = proto.transport
+    assert transport is not None
+    emit("ready")
+    t0 = now()
+    for start in range(0, ctx.count, 1000):
+        transport.write(b"".join(mqttraw.publish_packet(f"{ctx.topic}/{i}", ctx.payload)
+                                 for i in range(start, min(ctx.count, start + 1000))))
+        if proto._paused:
+            await proto.wait_writable()
+    await proto.drain()
+    t1 = now()
+    await proto.disconnect()
+    return {"sent": ctx.count, "t0": t0, "t_sent": t1}
+
+
 # -- entry point ----------------------------------------------------------------------------
 
 
@@ -779,6 +1265,13 @@ def parse_args(argv: list[str]) -> tuple[Ctx, int | None]:
     p.add_argument("--rate", type=float, default=0.0)
     p.add_argument("--idle", type=float, default=5.0)
     p.add_argument("--core", type=int, default=None, help="CPU core to pin this process to")
+    p.add_argument("--ca", default=None, help="mTLS: CA certificate (PEM)")
+    p.add_argument("--cert", default=None, help="mTLS: client certificate (PEM)")
+    p.add_argument("--key", default=None, help="mTLS: client key (PEM)")
+    p.add_argument("--warmup", type=int, default=100, help="latency: unmeasured round trips")
+    p.add_argument("--count", type=int, default=1000, help="scale: connections")
+    p.add_argument("--concurrency", type=int, default=100,
+                   help="scale: connection attempts in progress at once")
     a = p.parse_args(argv)
     ctx = Ctx(
         client=a.client,
@@ -793,6 +1286,12 @@ def parse_args(argv: list[str]) -> tuple[Ctx, int | None]:
         client_id=a.client_id or f"bench-{a.client}-{a.scenario}-{os.getpid()}",
         rate=a.rate,
         idle=a.idle,
+        ca=a.ca,
+        cert=a.cert,
+        key=a.key,
+        warmup=a.warmup,
+        count=a.count,
+        concurrency=a.concurrency,
     )
     return ctx, a.core
 
