@@ -43,7 +43,7 @@ const OUTBOX_HIGH: usize = 65_536;
 const COMMAND_BURST: usize = 1024;
 /// Initial read/write buffer size; buffers grow (doubling) only when traffic needs it, so
 /// idle connections stay small.
-const BUFFER_START: usize = 4 * 1024;
+const BUFFER_START: usize = 1024;
 
 /// An operation's completion.
 enum OpReply {
@@ -594,7 +594,7 @@ impl Driver {
             rd,
             wr,
             rbuf: opened.leftover,
-            wbuf: BytesMut::with_capacity(BUFFER_START),
+            wbuf: BytesMut::new(),
             needs_flush: false,
             last_write: Instant::now(),
             last_read: Instant::now(),
@@ -658,7 +658,7 @@ impl Driver {
             let deadline = self.next_deadline();
             let take_commands = conn.wbuf.len() < WBUF_HIGH && self.outbox.len() < OUTBOX_HIGH;
             let want_write = !conn.wbuf.is_empty() || conn.needs_flush;
-            if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
+            if conn.rbuf.capacity() - conn.rbuf.len() < BUFFER_START {
                 let grow = conn.rbuf.capacity().max(BUFFER_START);
                 conn.rbuf.reserve(grow);
             }

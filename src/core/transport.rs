@@ -197,7 +197,7 @@ async fn open_inner(cfg: &ClientConfig) -> Result<Opened> {
     let io_err = |e: std::io::Error| classify_io(&cfg.endpoint, cfg.port, &e, "sending CONNECT to");
     stream.write_all(&buf).await.map_err(io_err)?;
     stream.flush().await.map_err(io_err)?;
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(512);
     loop {
         match Packet::read(&mut rbuf, cfg.max_incoming_packet()) {
             Ok(Packet::ConnAck(ack)) => {
