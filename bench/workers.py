@@ -258,7 +258,7 @@ async def _awsiot_connect(ctx: Ctx) -> Any:
     return client
 
 
-async def _awsiot_pub_qos0(ctx: Ctx, use_await: bool) -> dict[str, Any]:
+async def _awsiot_pub_qos0(ctx: Ctx, use_await: bool, use_many: bool = False) -> dict[str, Any]:
     import awsiot_rs
 
     client = await _awsiot_connect(ctx)
@@ -267,7 +267,11 @@ async def _awsiot_pub_qos0(ctx: Ctx, use_await: bool) -> dict[str, Any]:
     queue_full = awsiot_rs.QueueFullError
     emit("ready")
     t0, c0 = now(), cpu()
-    if use_await:
+    if use_many:
+        batch = [(topic, payload)] * 1000
+        for start in range(0, n, 1000):
+            await client.publish_many(batch[: min(1000, n - start)], qos=0)
+    elif use_await:
         publish = client.publish
         for _ in range(n):
             while True:
@@ -308,6 +312,12 @@ async def awsiot_pub_qos0_await(ctx: Ctx) -> dict[str, Any]:
     return await _awsiot_pub_qos0(ctx, use_await=True)
 
 
+@worker("awsiot_rs", "pub_qos0_many")
+async def awsiot_pub_qos0_many(ctx: Ctx) -> dict[str, Any]:
+    """``await publish_many(batch, qos=0)`` in batches of 1000."""
+    return await _awsiot_pub_qos0(ctx, use_await=False, use_many=True)
+
+
 @worker("awsiot_rs", "pub_qos1")
 async def awsiot_pub_qos1(ctx: Ctx) -> dict[str, Any]:
     """``await asyncio.gather(*[publish(qos=1)...])`` in chunks of ``--window``: every
@@ -325,6 +335,36 @@ async def awsiot_pub_qos1(ctx: Ctx) -> dict[str, Any]:
         for start in range(0, n, window):
             k = min(window, n - start)
             await asyncio.gather(*[publish(topic, payload, qos=1) for _ in range(k)])
+            acked += k
+
+    try:
+        await asyncio.wait_for(run(), ctx.timeout)
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        error = f"{type(e).__name__}: {e}"
+    t1, c1 = now(), cpu()
+    stats = client.stats()
+    await asyncio.wait_for(client.disconnect(), 10)
+    return {"completed": acked, "seconds": t1 - t0, "cpu_s": c1 - c0, "stats": stats,
+            "error": error}
+
+
+@worker("awsiot_rs", "pub_qos1_many")
+async def awsiot_pub_qos1_many(ctx: Ctx) -> dict[str, Any]:
+    """``await publish_many([...], qos=1)`` in batches of ``--window``: one crossing into
+    the core per batch; each batch completes when all its PUBACKs are in."""
+    client = await _awsiot_connect(ctx)
+    topic, payload, n, window = ctx.topic, ctx.payload, ctx.messages, ctx.window
+    acked = 0
+    error = None
+    emit("ready")
+    t0, c0 = now(), cpu()
+
+    async def run() -> None:
+        nonlocal acked
+        batch = [(topic, payload)] * window
+        for start in range(0, n, window):
+            k = min(window, n - start)
+            await client.publish_many(batch[:k], qos=1)
             acked += k
 
     try:
