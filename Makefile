@@ -13,7 +13,7 @@ install-deps: ## Install what a fresh machine lacks: mosquitto (apt), maturin an
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
 		{ (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
 	@systemctl disable --now mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true
-	$(PIP) install "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "cryptography>=42" "mypy>=1.10" "paho-mqtt>=2,<3" "websockets>=14" "botocore>=1.34"
+	$(PIP) install "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "cryptography>=42" "mypy>=1.10" "paho-mqtt>=2,<3" "websockets>=14" "botocore>=1.34" "cbor2>=5"
 
 .PHONY: build-dev
 build-dev: ## Build the extension and install the package in editable mode
@@ -47,6 +47,8 @@ demo: install-deps build-dev ## Local mTLS mosquitto + examples/quickstart.py ag
 	$(PYTHON) examples/demo.py
 
 .PHONY: bench
-bench: ## Side-by-side benchmark (see bench/README.md)
+bench: install-deps build-dev ## Side-by-side benchmark (see bench/README.md), from a fresh machine
+	@command -v mosquitto_pub >/dev/null && test -f /usr/include/mosquitto.h || \
+		{ (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients libmosquitto-dev >/dev/null; }
 	$(PIP) install -r bench/requirements.txt
 	$(PYTHON) bench/run.py

@@ -121,3 +121,29 @@ async def test_connect_sends_client_id_keepalive_and_credentials():
         assert (connect.client_id, connect.keep_alive, connect.username, connect.password) == ("dev-7", 45, "user", b"pw")
         assert connect.clean_session is False
         assert fb.of_type(P.DISCONNECT), "exiting sends DISCONNECT"
+
+
+async def test_a_broker_that_never_sends_connack_fails_the_attempt_after_connect_timeout():
+    accepted: list[float] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(asyncio.get_running_loop().time())
+        held.append(writer)
+        await reader.read(65536)  # takes the CONNECT, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        c = client(port, connect_timeout=0.5)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(awsiot_rs.ConnectError, match="no CONNACK"):
+            await c.connect()
+        waited = asyncio.get_running_loop().time() - t0
+        assert 0.4 <= waited < 3, waited
+        assert len(accepted) == 1, "the first attempt is not retried"
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()

@@ -242,7 +242,27 @@ async def test_fleet_provisioning_from_a_csr(broker, pki):
     finally:
         svc.stop()
     with pytest.raises(awsiot_rs.ConfigError, match="json"):
-        client(broker).fleet_provisioning(fmt="cbor")
+        client(broker).fleet_provisioning(fmt="xml")
+
+
+async def test_fleet_provisioning_with_cbor_payloads(broker, pki, tmp_path):
+    svc = ProvisioningService("127.0.0.1", broker.port, ca_cert_path=pki.ca_cert, ca_key_path=pki.ca_key)
+    svc.start()
+    try:
+        async with client(broker) as c:
+            fp = c.fleet_provisioning(fmt="cbor")
+            keys = await fp.create_keys_and_certificate()
+            reg = await fp.register_thing("default", {"SerialNumber": "cb"},
+                                          certificate_ownership_token=keys.certificate_ownership_token)
+            assert reg.thing_name == "thing-cb"
+        topics_seen = [r.topic for r in svc.requests]
+        assert topics_seen[0] == "$aws/certificates/create/cbor"
+        assert topics_seen[1] == "$aws/provisioning-templates/default/provision/cbor"
+        assert svc.requests[1].payload["parameters"] == {"SerialNumber": "cb"}, "the request was CBOR the fake decoded"
+        auth = keys.save(tmp_path / "c.crt", tmp_path / "c.key")
+        assert "S3NTINEL" not in repr(auth)
+    finally:
+        svc.stop()
 
 
 async def test_jobs_flow(broker, thing):

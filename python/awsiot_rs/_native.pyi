@@ -135,6 +135,7 @@ class ClientRef:
         use_token: bool,
         timeout: float,
         token: int,
+        cbor: bool = False,
     ) -> None:
         """A correlated service request; future ``token`` gets ``(accepted, json_text, client_token)``."""
     def stats(self) -> dict[str, int]: ...

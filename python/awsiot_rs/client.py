@@ -495,6 +495,7 @@ class Client:
         *,
         use_token: bool = True,
         timeout: float | None = None,
+        cbor: bool = False,
     ) -> tuple[bool, Any, str | None]:
         """A correlated service request (used by ``shadow()``, ``fleet_provisioning()`` and
         ``jobs()``): returns ``(accepted, document, client_token)``."""
@@ -503,7 +504,7 @@ class Client:
         text = json.dumps(payload, separators=(",", ":")) if payload is not None else None
         t = self._operation_timeout if timeout is None else _seconds("timeout", timeout)
         try:
-            self._native.request(topic, text, accepted, rejected, use_token, t, token)
+            self._native.request(topic, text, accepted, rejected, use_token, t, token, cbor)
         except BaseException:
             d.discard(token)
             raise

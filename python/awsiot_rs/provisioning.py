@@ -76,8 +76,8 @@ class FleetProvisioning:
     """
 
     def __init__(self, client: Client, fmt: str = "json") -> None:
-        if fmt != "json":
-            raise ConfigError("only fmt='json' is supported (the CBOR payload format is not implemented)")
+        if fmt not in ("json", "cbor"):
+            raise ConfigError(f"fmt must be 'json' or 'cbor', not {fmt!r}")
         self._client = client
         self.fmt = fmt
 
@@ -88,7 +88,8 @@ class FleetProvisioning:
             return topics.fleet_provisioning(op + suffix, template=template, fmt=self.fmt)
 
         ok, doc, _ = await self._client._request(
-            t(""), payload, t("/accepted"), t("/rejected"), use_token=False, timeout=timeout
+            t(""), payload, t("/accepted"), t("/rejected"), use_token=False, timeout=timeout,
+            cbor=self.fmt == "cbor",
         )
         if not ok:
             raise ProvisioningRejected(doc.get("statusCode"), doc.get("errorCode"), str(doc.get("errorMessage", "")))

@@ -2,6 +2,7 @@
 //! tests it without an interpreter.
 
 pub mod backoff;
+pub mod cbor;
 pub mod client;
 pub mod config;
 pub mod credentials;

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::core::cbor;
 use crate::core::client::{Client, Reply};
 use crate::core::config::QoS;
 use crate::core::error::{Error, Result};
@@ -41,6 +42,8 @@ pub struct Request {
     pub rejected: String,
     /// Correlate by a generated `clientToken` (`false`: one request in flight per topic pair).
     pub use_token: bool,
+    /// Send the payload as CBOR instead of JSON (answers are decoded either way).
+    pub cbor: bool,
     /// How long to wait for the answer.
     pub timeout: Duration,
 }
@@ -274,7 +277,11 @@ impl Requests {
             if let (Some(t), Some(obj)) = (&token, doc.as_object_mut()) {
                 obj.insert("clientToken".into(), Value::String(t.clone()));
             }
-            let payload = Bytes::from(doc.to_string());
+            let payload = if request.cbor {
+                Bytes::from(cbor::encode(&doc))
+            } else {
+                Bytes::from(doc.to_string())
+            };
             let this = self.clone();
             let published: Reply<()> = Box::new(move |r| {
                 if let Err(e) = r {
@@ -329,10 +336,20 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Parses an answer: JSON when it looks like JSON, else CBOR.
+fn decode_answer(payload: &[u8]) -> Option<Value> {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'{') => serde_json::from_slice(payload).ok(),
+        Some(_) => cbor::decode(payload).ok(),
+        None => None,
+    }
+}
+
 /// Matches an answer to its request: by token, or (no token) the oldest sent request on that
 /// topic pair. Unknown, duplicate and foreign answers match nothing.
 fn match_answer(s: &mut State, m: &Message) -> Option<(u64, Response)> {
-    let doc: Value = serde_json::from_slice(&m.payload).ok()?;
+    let doc = decode_answer(&m.payload)?;
     let topic: &str = &m.topic;
     let token = token_of(&doc).map(str::to_string);
     let pos = s.pending.iter().position(|(_, p)| {
@@ -438,6 +455,7 @@ mod tests {
                 accepted: "t/get/accepted".into(),
                 rejected: "t/get/rejected".into(),
                 use_token: token.is_some(),
+                cbor: false,
                 timeout: Duration::from_secs(5),
             },
             token: token.map(str::to_string),
@@ -466,6 +484,17 @@ mod tests {
         assert_eq!(id, 2);
         assert!(!r.accepted);
         assert!(match_answer(&mut s, &msg("t/get/accepted", "not json")).is_none());
+    }
+
+    #[test]
+    fn cbor_answers_are_decoded() {
+        let doc = serde_json::json!({"certificateId": "abc"});
+        assert_eq!(decode_answer(&cbor::encode(&doc)), Some(doc));
+        assert_eq!(
+            decode_answer(b"  {\"a\":1}"),
+            Some(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(decode_answer(b""), None);
     }
 
     #[tokio::test]

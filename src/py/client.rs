@@ -546,7 +546,7 @@ impl ClientRef {
     /// A service request (shadow, provisioning, jobs): publishes `payload` (a JSON object
     /// text, `clientToken` added when `use_token`) to `topic` once `accepted` and `rejected`
     /// are subscribed; future `token` completes with `(accepted, json_text, client_token)`.
-    #[pyo3(signature = (topic, payload, accepted, rejected, use_token, timeout, token))]
+    #[pyo3(signature = (topic, payload, accepted, rejected, use_token, timeout, token, cbor=false))]
     #[allow(clippy::too_many_arguments)]
     fn request(
         &self,
@@ -558,6 +558,7 @@ impl ClientRef {
         use_token: bool,
         timeout: f64,
         token: u64,
+        cbor: bool,
     ) -> PyResult<()> {
         check_pid(self.pid)?;
         let n = self.notifier(py)?;
@@ -596,6 +597,7 @@ impl ClientRef {
                     accepted,
                     rejected,
                     use_token,
+                    cbor,
                     timeout,
                 },
                 reply,

@@ -109,13 +109,30 @@ def _now() -> int:
 
 
 def _decode(raw: bytes) -> Any:
-    """Decode a request payload: ``{}`` if empty, ``_INVALID`` if not JSON."""
+    """Decode a request payload: ``{}`` if empty, ``_INVALID`` if not JSON (or CBOR, for the
+    fleet provisioning ``/cbor`` topics: anything that does not start like JSON)."""
     if not raw.strip():
         return {}
+    if raw.lstrip()[:1] not in (b"{", b"["):
+        try:
+            import cbor2
+
+            return cbor2.loads(raw)
+        except Exception:  # noqa: BLE001 - any decoding failure is an invalid payload
+            return _INVALID
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return _INVALID
+
+
+def _encode(topic: str, payload: Any) -> bytes | str:
+    """JSON, or CBOR on the fleet provisioning ``/cbor`` topics."""
+    if "/cbor/" in topic or topic.endswith("/cbor"):
+        import cbor2
+
+        return bytes(cbor2.dumps(payload))
+    return json.dumps(payload, separators=(",", ":"))
 
 
 def _token_of(payload: Any) -> Any:
@@ -473,7 +490,7 @@ class _FakeService:
         with self._log_cond:
             self.responses.append(ResponseRecord(time.monotonic(), topic, copy.deepcopy(payload)))
             self._log_cond.notify_all()
-        client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1)
+        client.publish(topic, _encode(topic, payload), qos=1)
 
     def _respond(self, topic: str, payload: JsonDict) -> None:
         """Publish an accepted/rejected response, applying the response knobs."""
@@ -948,9 +965,11 @@ class ProvisioningService(_FakeService):
 
     def _subscriptions(self) -> list[str]:
         return [
-            "$aws/certificates/create/json",
-            "$aws/certificates/create-from-csr/json",
-            "$aws/provisioning-templates/+/provision/json",
+            f"$aws/certificates/create/{fmt}" for fmt in ("json", "cbor")
+        ] + [
+            f"$aws/certificates/create-from-csr/{fmt}" for fmt in ("json", "cbor")
+        ] + [
+            f"$aws/provisioning-templates/+/provision/{fmt}" for fmt in ("json", "cbor")
         ]
 
     def reject_next(
@@ -984,9 +1003,11 @@ class ProvisioningService(_FakeService):
             self._respond(f"{topic}/rejected", self._error(*reject))
             return
         parts = topic.split("/")
-        if topic == "$aws/certificates/create/json":
+        # The same operations on the /json and /cbor topics; answers go back in the same format.
+        base = topic.rsplit("/", 1)[0]
+        if base == "$aws/certificates/create":
             self._respond(f"{topic}/accepted", self._create_keys())
-        elif topic == "$aws/certificates/create-from-csr/json":
+        elif base == "$aws/certificates/create-from-csr":
             ok, doc = self._create_from_csr(payload)
             self._respond(f"{topic}/{'accepted' if ok else 'rejected'}", doc)
         elif len(parts) == 5 and parts[1] == "provisioning-templates":
