@@ -147,3 +147,43 @@ async def test_a_broker_that_never_sends_connack_fails_the_attempt_after_connect
             w.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_publish_waits_for_room_instead_of_failing_when_the_queue_is_full():
+    reading = asyncio.Event()
+    received = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await reader.read(1024)  # CONNECT
+        writer.write(P.connack())
+        await writer.drain()
+        await reading.wait()  # stop reading: TCP buffers, the driver and the queue fill up
+        while data := await reader.read(1 << 20):
+            received += len(data)
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with client(port) as c:
+            payload = b"x" * 200
+            full = 0
+            for _ in range(400_000):
+                try:
+                    c.publish_nowait("t", payload)
+                except awsiot_rs.QueueFullError:
+                    full += 1
+                    break
+                if _ % 10_000 == 0:
+                    await asyncio.sleep(0)
+            assert full == 1, "publish_nowait reports a full queue instead of waiting"
+            # Same loop turn, queue still full: publish() returns a waiting awaitable.
+            waiting = c.publish("t", b"after", qos=0)
+            assert asyncio.iscoroutine(waiting), "await publish() waits for room instead of raising"
+            reading.set()
+            await asyncio.wait_for(waiting, 20)
+    finally:
+        reading.set()
+        server.close()
+        await server.wait_closed()

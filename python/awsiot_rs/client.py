@@ -307,29 +307,33 @@ class Client:
         """
         data = encode_payload(payload)
         d = self._dispatcher
-        if qos == 0 or d is None:
-            # QoS 0 completes once queued; before connect() this validates, then raises
-            # ClientClosedError.
-            try:
-                self._native.publish(topic, data, qos, retain, None)
-            except QueueFullError:
-                if d is None or not self._native.busy():
-                    raise
-                return self._publish_when_writable(d, topic, data, qos, retain)
-            if d is None:  # pragma: no cover - the native call raised ClientClosedError
-                raise ClientClosedError("the client is not connected: call connect() first")
-            self._qos0_count += 1
-            if self._qos0_count % 256 == 0:
-                return asyncio.sleep(0)  # let other tasks run during long QoS 0 bursts
-            return d.done
-        token, fut = d.new_future()
+        if d is None:
+            self._native.publish(topic, data, qos, retain, None)  # validates, then refuses
+            raise ClientClosedError("the client is not connected: call connect() first")
         try:
-            self._native.publish(topic, data, qos, retain, token)
+            fut = self._submit(d, topic, data, qos, retain)
         except QueueFullError:
-            d.discard(token)
             if not self._native.busy():
                 raise
             return self._publish_when_writable(d, topic, data, qos, retain)
+        if fut is not None:
+            return fut
+        self._qos0_count += 1
+        if self._qos0_count % 256 == 0:
+            return asyncio.sleep(0)  # let other tasks run during long QoS 0 bursts
+        return d.done
+
+    def _submit(
+        self, d: Dispatcher, topic: str, data: bytes, qos: int, retain: bool
+    ) -> asyncio.Future[Any] | None:
+        """Queues one publish. Returns the future of a QoS 1 publish (``None`` for QoS 0,
+        which is done once queued); raises ``QueueFullError`` when the queue is full."""
+        if qos == 0:
+            self._native.publish(topic, data, 0, retain, None)
+            return None
+        token, fut = d.new_future()
+        try:
+            self._native.publish(topic, data, qos, retain, token)
         except BaseException:
             d.discard(token)
             raise
@@ -340,29 +344,17 @@ class Client:
     ) -> None:
         """The slow path of ``publish``: wait for room in the submission queue, then submit."""
         while True:
-            token, fut = d.new_future()
+            token, room = d.new_future()
             self._native.wait_writable(token)
-            await fut
-            if qos == 0:
-                try:
-                    self._native.publish(topic, data, 0, retain, None)
-                    return
-                except QueueFullError:
-                    if not self._native.busy():
-                        raise
-                    continue
-            token, fut = d.new_future()
+            await room
             try:
-                self._native.publish(topic, data, qos, retain, token)
+                fut = self._submit(d, topic, data, qos, retain)
             except QueueFullError:
-                d.discard(token)
                 if not self._native.busy():
                     raise
                 continue
-            except BaseException:
-                d.discard(token)
-                raise
-            await fut
+            if fut is not None:
+                await fut
             return
 
     def publish_many(
