@@ -372,7 +372,9 @@ async def test_reconnect_attempts_follow_the_backoff(broker):
             await asyncio.sleep(3.2)
             gaps = proxy.accept_intervals()[1:]
             assert len(gaps) >= 4
-            assert [round(g, 1) for g in gaps[:4]] == [0.4, 0.8, 0.8, 0.8], gaps
+            for gap, expected in zip(gaps[:4], [0.4, 0.8, 0.8, 0.8]):
+                # the delay itself, plus the attempt's own time (scheduling noise allowed)
+                assert expected - 0.05 <= gap <= expected + 0.3, gaps
             proxy.refuse(False)
             for _ in range(40):
                 if c.is_connected:
