@@ -318,13 +318,11 @@ async def awsiot_pub_qos0_many(ctx: Ctx) -> dict[str, Any]:
     return await _awsiot_pub_qos0(ctx, use_await=False, use_many=True)
 
 
-@worker("awsiot_rs", "pub_qos1")
-async def awsiot_pub_qos1(ctx: Ctx) -> dict[str, Any]:
-    """``await asyncio.gather(*[publish(qos=1)...])`` in chunks of ``--window``: every
-    awaited publish completed at its PUBACK."""
+async def _awsiot_pub_qos1_windows(ctx: Ctx, send_window: Any) -> dict[str, Any]:
+    """Publishes N QoS 1 in windows of ``--window``; ``send_window(client, k)`` sends k and
+    returns once all k are acknowledged. Times the whole run."""
     client = await _awsiot_connect(ctx)
-    topic, payload, n, window = ctx.topic, ctx.payload, ctx.messages, ctx.window
-    publish = client.publish
+    n, window = ctx.messages, ctx.window
     acked = 0
     error = None
     emit("ready")
@@ -334,7 +332,7 @@ async def awsiot_pub_qos1(ctx: Ctx) -> dict[str, Any]:
         nonlocal acked
         for start in range(0, n, window):
             k = min(window, n - start)
-            await asyncio.gather(*[publish(topic, payload, qos=1) for _ in range(k)])
+            await send_window(client, k)
             acked += k
 
     try:
@@ -346,36 +344,31 @@ async def awsiot_pub_qos1(ctx: Ctx) -> dict[str, Any]:
     await asyncio.wait_for(client.disconnect(), 10)
     return {"completed": acked, "seconds": t1 - t0, "cpu_s": c1 - c0, "stats": stats,
             "error": error}
+
+
+@worker("awsiot_rs", "pub_qos1")
+async def awsiot_pub_qos1(ctx: Ctx) -> dict[str, Any]:
+    """``await asyncio.gather(*[publish(qos=1)...])`` in chunks of ``--window``: every
+    awaited publish completed at its PUBACK."""
+    topic, payload = ctx.topic, ctx.payload
+
+    async def send(client: Any, k: int) -> None:
+        publish = client.publish
+        await asyncio.gather(*[publish(topic, payload, qos=1) for _ in range(k)])
+
+    return await _awsiot_pub_qos1_windows(ctx, send)
 
 
 @worker("awsiot_rs", "pub_qos1_many")
 async def awsiot_pub_qos1_many(ctx: Ctx) -> dict[str, Any]:
     """``await publish_many([...], qos=1)`` in batches of ``--window``: one crossing into
     the core per batch; each batch completes when all its PUBACKs are in."""
-    client = await _awsiot_connect(ctx)
-    topic, payload, n, window = ctx.topic, ctx.payload, ctx.messages, ctx.window
-    acked = 0
-    error = None
-    emit("ready")
-    t0, c0 = now(), cpu()
+    batch = [(ctx.topic, ctx.payload)] * ctx.window
 
-    async def run() -> None:
-        nonlocal acked
-        batch = [(topic, payload)] * window
-        for start in range(0, n, window):
-            k = min(window, n - start)
-            await client.publish_many(batch[:k], qos=1)
-            acked += k
+    async def send(client: Any, k: int) -> None:
+        await client.publish_many(batch[:k], qos=1)
 
-    try:
-        await asyncio.wait_for(run(), ctx.timeout)
-    except Exception as e:  # noqa: BLE001 - reported, not raised
-        error = f"{type(e).__name__}: {e}"
-    t1, c1 = now(), cpu()
-    stats = client.stats()
-    await asyncio.wait_for(client.disconnect(), 10)
-    return {"completed": acked, "seconds": t1 - t0, "cpu_s": c1 - c0, "stats": stats,
-            "error": error}
+    return await _awsiot_pub_qos1_windows(ctx, send)
 
 
 @worker("awsiot_rs", "pub_qos1_nowait")
