@@ -340,17 +340,7 @@ class _FakeService:
 
         Raises ``TimeoutError`` when they do not arrive in time.
         """
-        deadline = time.monotonic() + timeout
-        with self._log_cond:
-            while len(self.requests) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(
-                        f"{type(self).__name__}: {len(self.requests)} of {count} requests "
-                        f"after {timeout}s"
-                    )
-                self._log_cond.wait(left)
-            return list(self.requests)
+        return self._wait_for_log(self.requests, count, timeout, "requests")
 
     def wait_for_responses(
         self,
@@ -358,17 +348,20 @@ class _FakeService:
         timeout: float = 5.0,
     ) -> list[ResponseRecord]:
         """Block until at least ``count`` messages were published by the fake."""
+        return self._wait_for_log(self.responses, count, timeout, "responses")
+
+    def _wait_for_log(self, log: list[Any], count: int, timeout: float, what: str) -> list[Any]:
+        """Waits (on the log condition) until ``log`` holds ``count`` entries; a copy of it."""
         deadline = time.monotonic() + timeout
         with self._log_cond:
-            while len(self.responses) < count:
+            while len(log) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(
-                        f"{type(self).__name__}: {len(self.responses)} of {count} responses "
-                        f"after {timeout}s"
+                        f"{type(self).__name__}: {len(log)} of {count} {what} after {timeout}s"
                     )
                 self._log_cond.wait(left)
-            return list(self.responses)
+            return list(log)
 
     # ------------------------------------------------------- paho callbacks
 
