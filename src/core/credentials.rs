@@ -28,8 +28,9 @@ impl CredentialsProvider for Static {
     }
 }
 
-/// Credentials with an expiry are reused until `margin` before it; credentials without one are
-/// fetched again for every attempt (a callable provider decides itself what to cache).
+/// Credentials with an expiry are reused until `margin` before it (or until the endpoint refuses
+/// them: [`Cached::invalidate`]); credentials without one are fetched again for every attempt (a
+/// callable provider decides itself what to cache).
 pub struct Cached {
     inner: Arc<dyn CredentialsProvider>,
     margin: Duration,
@@ -55,6 +56,15 @@ impl Cached {
         let c = guard.as_ref()?;
         let expiry = c.expiry?;
         (expiry.duration_since(now).ok()? > self.margin).then(|| c.clone())
+    }
+
+    /// Forgets the cached credentials: the endpoint refused them (HTTP 401/403 on the
+    /// WebSocket upgrade), so whatever their expiry says, the next attempt asks the provider.
+    pub fn invalidate(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 
     /// Cached credentials still far enough from expiry, or fresh ones.
@@ -120,6 +130,24 @@ mod tests {
             "AKID1",
             "within 300 s of expiry: refreshed"
         );
+    }
+
+    #[tokio::test]
+    async fn rejected_credentials_are_fetched_again_despite_a_far_expiry() {
+        let p = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            lifetime: Some(Duration::from_secs(6 * 3600)),
+        });
+        let c = Cached::new(p.clone(), Duration::from_secs(300));
+        assert_eq!(c.get(at(1000)).await.unwrap().access_key_id, "AKID0");
+        c.invalidate();
+        assert_eq!(
+            c.get(at(1001)).await.unwrap().access_key_id,
+            "AKID1",
+            "the endpoint refused AKID0: the provider is asked again"
+        );
+        assert_eq!(c.get(at(1002)).await.unwrap().access_key_id, "AKID1");
+        assert_eq!(p.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

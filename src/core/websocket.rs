@@ -122,7 +122,8 @@ pub async fn url(endpoint: &str, port: u16, tls: bool, ws: &WebSocket) -> Result
 /// Performs the upgrade over `stream` and returns the MQTT byte stream inside the WebSocket.
 ///
 /// # Errors
-/// [`Error::Auth`] for HTTP 401/403, [`Error::Connect`] for other refusals.
+/// [`Error::Auth`] for HTTP 401/403 (SigV4 credentials are then dropped from the cache),
+/// [`Error::Connect`] for other refusals.
 pub async fn upgrade(
     stream: Stream,
     url: &str,
@@ -146,7 +147,15 @@ pub async fn upgrade(
     }
     let (socket, response) = async_tungstenite::tokio::client_async(request, stream)
         .await
-        .map_err(|e| classify(e, endpoint, port))?;
+        .map_err(|e| {
+            let e = classify(e, endpoint, port);
+            if let (Error::Auth(_), Some(s)) = (&e, &ws.sigv4) {
+                // Refused (401/403): the next attempt must not present the same credentials.
+                log::debug!("{endpoint}:{port}: SigV4 credentials refused, asking the provider again next attempt");
+                s.credentials.invalidate();
+            }
+            e
+        })?;
     let protocol = response
         .headers()
         .get("Sec-WebSocket-Protocol")
@@ -158,4 +167,103 @@ pub async fn upgrade(
         )));
     }
     Ok(Box::new(WsStream::new(socket)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::credentials::{CredentialsFuture, CredentialsProvider};
+    use crate::core::secret::Secret;
+    use crate::core::sigv4::AwsCredentials;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Hands out credentials valid for hours, counting the calls.
+    struct LongLived(AtomicUsize);
+
+    impl CredentialsProvider for LongLived {
+        fn credentials(&self) -> CredentialsFuture {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(AwsCredentials {
+                    access_key_id: format!("AKID{n}"),
+                    secret_access_key: Secret::new("s".into()),
+                    session_token: None,
+                    expiry: Some(SystemTime::now() + Duration::from_secs(6 * 3600)),
+                })
+            })
+        }
+    }
+
+    /// Answers every upgrade request with `status` and closes.
+    async fn refusing_server(status: &'static str) -> std::io::Result<u16> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    }
+                }
+                let reply =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        Ok(port)
+    }
+
+    async fn attempt(port: u16, ws: &WebSocket) -> Result<Stream> {
+        let url = url("127.0.0.1", port, false, ws).await?;
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        upgrade(Box::new(tcp), &url, ws, "127.0.0.1", port).await
+    }
+
+    fn sigv4_ws(provider: &Arc<LongLived>) -> WebSocket {
+        WebSocket {
+            sigv4: Some(SigV4 {
+                region: "us-east-1".into(),
+                credentials: Arc::new(Cached::new(provider.clone(), Duration::from_secs(300))),
+            }),
+            ..WebSocket::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_refused_with_401_or_403_are_fetched_again_next_attempt() {
+        for status in ["403 Forbidden", "401 Unauthorized"] {
+            let port = refusing_server(status).await.unwrap();
+            let provider = Arc::new(LongLived(AtomicUsize::new(0)));
+            let ws = sigv4_ws(&provider);
+            for n in 1..=3 {
+                let err = attempt(port, &ws).await.err().unwrap();
+                assert!(matches!(err, Error::Auth(_)), "{err}");
+                assert_eq!(
+                    provider.0.load(Ordering::SeqCst),
+                    n,
+                    "{status}: the provider is asked again after every refusal"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn other_refusals_keep_the_cached_credentials() {
+        let port = refusing_server("503 Service Unavailable").await.unwrap();
+        let provider = Arc::new(LongLived(AtomicUsize::new(0)));
+        let ws = sigv4_ws(&provider);
+        for _ in 0..2 {
+            let err = attempt(port, &ws).await.err().unwrap();
+            assert!(matches!(err, Error::Connect(_)), "{err}");
+        }
+        assert_eq!(provider.0.load(Ordering::SeqCst), 1);
+    }
 }
