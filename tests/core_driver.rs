@@ -25,6 +25,7 @@ use _native::core::{
 
 /// Hands the server half of each new in-memory connection to the test; refuses when asked.
 struct Pipe {
+    buffer: usize,
     accepted: mpsc::UnboundedSender<DuplexStream>,
     refuse: Arc<Mutex<bool>>,
     attempts: Arc<Mutex<Vec<Instant>>>,
@@ -34,7 +35,7 @@ impl Connector for Pipe {
     fn connect(&self) -> ConnectFuture {
         self.attempts.lock().unwrap().push(Instant::now());
         let refuse = *self.refuse.lock().unwrap();
-        let (client, server) = tokio::io::duplex(1 << 20);
+        let (client, server) = tokio::io::duplex(self.buffer);
         let sent = if refuse {
             Ok(())
         } else {
@@ -116,10 +117,17 @@ struct Harness {
 }
 
 fn harness(configure: impl FnOnce(&mut ClientConfig)) -> Harness {
+    harness_with_buffer(1 << 20, configure)
+}
+
+/// A harness whose in-memory link holds at most `buffer` bytes per direction (a slow link
+/// when the broker side reads slowly).
+fn harness_with_buffer(buffer: usize, configure: impl FnOnce(&mut ClientConfig)) -> Harness {
     let (tx, rx) = mpsc::unbounded_channel();
     let refuse = Arc::new(Mutex::new(false));
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let pipe = Pipe {
+        buffer,
         accepted: tx,
         refuse: refuse.clone(),
         attempts: attempts.clone(),
@@ -412,4 +420,79 @@ async fn operations_queued_offline_are_sent_in_order_or_time_out() {
     for r in late {
         r.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ping_queued_behind_slow_writes_is_timed_from_when_it_is_written() {
+    let mut h = harness_with_buffer(4096, |c| {
+        c.keep_alive = Duration::from_secs(2);
+        c.reconnect = None;
+    });
+    let mut peer = connect(&mut h, false).await;
+    // 200 KiB of QoS 0 publishes through a link that takes 4 KiB per 100 ms: 5 s of writing,
+    // so the PINGREQ due after 2 s waits behind ~120 KiB for ~3 s.
+    for _ in 0..50 {
+        h.client
+            .publish(
+                "t".into(),
+                Bytes::from(vec![0u8; 4096]),
+                QoS::AtMostOnce,
+                false,
+                None,
+            )
+            .unwrap();
+    }
+    let (mut publishes, mut pinged) = (0, false);
+    let mut chunk = vec![0u8; 4096];
+    while publishes < 50 || !pinged {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = peer.io.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the client dropped a slow but healthy link");
+        peer.buf.extend_from_slice(&chunk[..n]);
+        while let Ok(p) = Packet::read(&mut peer.buf, 1 << 20) {
+            match p {
+                Packet::Publish(_) => publishes += 1,
+                Packet::PingReq => {
+                    pinged = true;
+                    peer.send(Packet::PingResp).await;
+                }
+                _ => {}
+            }
+        }
+    }
+    let events = h.events.0.lock().unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::Disconnected { .. })),
+        "no disconnect: {events:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn inbound_bytes_count_as_liveness_while_a_pingresp_is_awaited() {
+    let mut h = harness(|c| {
+        c.keep_alive = Duration::from_secs(2);
+        c.reconnect = None;
+    });
+    let mut peer = connect(&mut h, false).await;
+    assert!(matches!(peer.read().await, Some(Packet::PingReq)));
+    // The PINGRESP is slow (queued behind a stream of messages): keep sending PUBLISHes
+    // every 300 ms for 3 s, then answer the ping.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        peer.send(Packet::Publish(rumqttc::Publish::new(
+            "in",
+            rumqttc::QoS::AtMostOnce,
+            vec![1u8],
+        )))
+        .await;
+    }
+    peer.send(Packet::PingResp).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.client.state(), _native::core::State::Connected);
+    let events = h.events.0.lock().unwrap();
+    assert!(!events
+        .iter()
+        .any(|(_, e)| matches!(e, ClientEvent::Disconnected { .. })));
 }

@@ -59,8 +59,12 @@ class SubscriptionRef:
     def dropped(self) -> int:
         """Messages dropped from this queue (QoS 0 overflow)."""
     def __len__(self) -> int: ...
-    def pop_batch(self, max: int) -> tuple[list[Message], bool]:
-        """Up to ``max`` messages, and whether the queue is closed and empty."""
+    def pop_batch(self, max: int) -> tuple[list[Message], int]:
+        """Up to ``max`` messages, and the queue state: 0 open, 1 paused and empty (the client
+        is disconnected), 2 closed and empty."""
+    @property
+    def error(self) -> Exception | None:
+        """The exception the subscription ended with, if it did not end on purpose."""
     def close(self, token: int | None = None) -> None:
         """Ends the subscription; future ``token`` completes at UNSUBACK."""
 
@@ -99,6 +103,8 @@ class ClientRef:
         sigv4_keys: tuple[str, str, str | None] | None = None,
         sigv4_callable: bool = False,
         authorizer: tuple[str | None, str | None, tuple[str, str] | None] | None = None,
+        max_subscriptions: int | None = None,
+        policy_check: tuple[int, float] | None = (3, 2.0),
     ) -> ClientRef: ...
     @property
     def client_id(self) -> str: ...
@@ -115,7 +121,12 @@ class ClientRef:
     def disconnect(self, token: int) -> None: ...
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool, token: int | None = None) -> None: ...
     def publish_many(
-        self, items: list[tuple[str, bytes]], qos: int, retain: bool, token: int | None = None
+        self,
+        items: list[tuple[str, bytes]],
+        qos: int,
+        retain: bool,
+        token: int | None = None,
+        offset: int = 0,
     ) -> int:
         """Queues many publishes; returns how many were queued (fewer only when full)."""
     def busy(self) -> bool:

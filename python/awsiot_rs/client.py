@@ -19,6 +19,7 @@ from .config import (
     DisconnectEvent,
     OfflineQueue,
     Payload,
+    PolicyViolationCheck,
     Reconnect,
     Will,
     encode_payload,
@@ -39,6 +40,12 @@ __all__ = ["Client", "LifecycleCallback", "derive_alpn"]
 LifecycleCallback = Callable[[Any], Union[None, Awaitable[None]]]
 
 _UNSET: Any = object()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Marks a future's exception as retrieved (its error was reported another way)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _seconds(name: str, value: float) -> float:
@@ -94,11 +101,15 @@ class Client:
         limits: Literal["aws", "mqtt"] = "aws",
         log_file: PathLike | None = None,
         inflight: int = 100,
+        max_subscriptions: int | None = None,
+        policy_violation: PolicyViolationCheck | None = _UNSET,
         on_connect: LifecycleCallback | None = None,
         on_disconnect: LifecycleCallback | None = None,
     ) -> None:
         if reconnect is _UNSET:
             reconnect = Reconnect()
+        if policy_violation is _UNSET:
+            policy_violation = PolicyViolationCheck()
         if offline_queue is _UNSET:
             offline_queue = OfflineQueue()
         if not isinstance(endpoint, str):
@@ -107,8 +118,12 @@ class Client:
             raise ConfigError(
                 f"auth must be MtlsAuth, SigV4Auth, CustomAuth or None, not {type(auth).__name__}"
             )
-        if not tls and (isinstance(auth, MtlsAuth) or ca is not None):
-            raise ConfigError("tls=False cannot be combined with MtlsAuth or ca (they need TLS)")
+        if not tls and (auth is not None or ca is not None):
+            raise ConfigError(
+                f"tls=False cannot be combined with {type(auth).__name__ if auth is not None else 'ca'}: "
+                "certificates need TLS, and SigV4 signatures, session tokens and authorizer tokens "
+                "must never travel in cleartext (plain TCP is for local brokers without auth)"
+            )
         if limits not in ("aws", "mqtt"):
             raise ConfigError(f'limits must be "aws" or "mqtt", not {limits!r}')
         websocket = isinstance(auth, SigV4Auth) or (isinstance(auth, CustomAuth) and auth.websockets)
@@ -151,6 +166,18 @@ class Client:
                 int(reconnect.max_attempts),
                 _seconds("Reconnect.reset_after", reconnect.reset_after),
             )
+        if max_subscriptions is not None and (
+            isinstance(max_subscriptions, bool) or not isinstance(max_subscriptions, int) or max_subscriptions < 1
+        ):
+            raise ConfigError(f"max_subscriptions must be an integer >= 1 or None, not {max_subscriptions!r}")
+        policy_args: tuple[int, float] | None = None
+        if policy_violation is not None:
+            if not isinstance(policy_violation, PolicyViolationCheck):
+                raise ConfigError("policy_violation must be a PolicyViolationCheck(count, window) or None")
+            count = policy_violation.count
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+                raise ConfigError(f"PolicyViolationCheck.count must be an integer 1..1000, not {count!r}")
+            policy_args = (count, _seconds("PolicyViolationCheck.window", policy_violation.window))
         for name, cb in (("on_connect", on_connect), ("on_disconnect", on_disconnect)):
             if cb is not None and not callable(cb):
                 raise ConfigError(f"{name} must be callable")
@@ -195,6 +222,8 @@ class Client:
             offline_qos0=offline_queue.qos0,
             log_file=os.fspath(log_file) if log_file is not None else None,
             inflight=inflight,
+            max_subscriptions=max_subscriptions,
+            policy_check=policy_args,
             **native_auth,
         )
         self._endpoint = endpoint
@@ -203,6 +232,7 @@ class Client:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._dispatcher: Dispatcher | None = None
+        self._client_token = 0
         self._subscriptions: set[Subscription] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._entered = False
@@ -228,7 +258,9 @@ class Client:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``messages_sent``, ``messages_received``, ``bytes_sent``,
-        ``bytes_received``, ``inflight``, ``queued``, ``dropped``, ``reconnects``."""
+        ``bytes_received``, ``inflight``, ``queued``, ``dropped``, ``reconnects`` and
+        ``unrouted`` (messages no subscription or ``messages()`` stream took: acknowledged,
+        counted here and logged at WARNING)."""
         return self._native.stats()
 
     # -- connection -------------------------------------------------------------------------
@@ -239,13 +271,21 @@ class Client:
             raise ClientClosedError("the client is not connected: call connect() first")
         return d
 
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> Dispatcher:
+        """Routes this client's results and events through ``loop``'s dispatcher."""
+        d = self._dispatcher
+        if d is None or d.loop is not loop:
+            d = dispatcher_for(loop)
+            self._dispatcher = d
+            self._client_token = d.add_client(self)
+            self._native.bind(d.native, self._client_token)
+        return d
+
     async def connect(self) -> ConnectResult:
         """Connects; raises if this first attempt fails (``ConnectError``, ``TlsError``,
-        ``AuthError``, ...). Once connected, automatic reconnect keeps the connection up."""
-        loop = asyncio.get_running_loop()
-        d = dispatcher_for(loop)
-        self._dispatcher = d
-        self._native.bind(d.native, d.add_client(self))
+        ``AuthError``, ...). Once connected, automatic reconnect keeps the connection up.
+        Subscriptions and ``messages()`` streams kept from before are re-subscribed."""
+        d = self._bind(asyncio.get_running_loop())
         token, fut = d.new_future()
         self._native.connect(token)
         try:
@@ -258,8 +298,11 @@ class Client:
         return ConnectResult(session_present=bool(session_present))
 
     async def disconnect(self) -> None:
-        """Sends DISCONNECT, fails queued operations with ``ClientClosedError`` and ends every
-        subscription. Does nothing if not connected. The client can connect again later."""
+        """Sends DISCONNECT and fails queued operations with ``ClientClosedError``. Open
+        subscriptions and ``messages()`` streams stay: iterations in progress end once their
+        queued messages are taken, and the next ``connect()`` re-subscribes them (end one for
+        good with ``unsubscribe()``). Does nothing if not connected. The client can connect
+        again later."""
         d = self._dispatcher
         if d is None:
             return
@@ -312,8 +355,8 @@ class Client:
             raise ClientClosedError("the client is not connected: call connect() first")
         try:
             fut = self._submit(d, topic, data, qos, retain)
-        except QueueFullError:
-            if not self._native.busy():
+        except QueueFullError as e:
+            if not e.retry_when_writable:
                 raise
             return self._publish_when_writable(d, topic, data, qos, retain)
         if fut is not None:
@@ -349,8 +392,8 @@ class Client:
             await room
             try:
                 fut = self._submit(d, topic, data, qos, retain)
-            except QueueFullError:
-                if not self._native.busy():
+            except QueueFullError as e:
+                if not e.retry_when_writable:
                     raise
                 continue
             if fut is not None:
@@ -385,7 +428,7 @@ class Client:
             raise
         if n == len(items):
             return fut
-        return self._publish_many_rest(d, items[n:], qos, retain, [fut])
+        return self._publish_many_rest(d, items[n:], qos, retain, [fut], offset=n)
 
     async def _publish_many_rest(
         self,
@@ -394,20 +437,37 @@ class Client:
         qos: int,
         retain: bool,
         waiting: list[asyncio.Future[Any]],
+        offset: int = 0,
     ) -> None:
-        """The slow path of ``publish_many``: wait for room, submit the rest, await them all."""
-        while items:
-            room_token, room = d.new_future()
-            self._native.wait_writable(room_token)
-            await room
-            token: int | None = None
-            if qos:
-                token, fut = d.new_future()
-                waiting.append(fut)
-            n = self._native.publish_many(items, qos, retain, token)
-            items = items[n:]
-        if waiting:
-            await asyncio.gather(*waiting)
+        """The slow path of ``publish_many``: wait for room, submit the rest, await them all.
+        Each chunk's future fails only for a real error of one of its messages (its message
+        names the failed indexes in the whole batch)."""
+        try:
+            while items:
+                room_token, room = d.new_future()
+                self._native.wait_writable(room_token)
+                await room
+                token: int | None = None
+                if qos:
+                    token, fut = d.new_future()
+                try:
+                    n = self._native.publish_many(items, qos, retain, token, offset)
+                except BaseException:
+                    if token is not None:
+                        d.discard(token)
+                    raise
+                if qos:
+                    waiting.append(fut)
+                items = items[n:]
+                offset += n
+        except BaseException:
+            for w in waiting:  # their outcome is superseded by this error: mark it retrieved
+                w.add_done_callback(_retrieve)
+            raise
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     def publish_nowait(
         self, topic: str, payload: Payload = b"", *, qos: int = 0, retain: bool = False
@@ -473,8 +533,23 @@ class Client:
 
     def messages(self, *, queue_size: int = 10000) -> Subscription:
         """Every message this client receives, whatever the subscription, as an async
-        iterator (it sends nothing to the broker)."""
-        d = self._require_dispatcher()
+        iterator (it sends nothing to the broker).
+
+        It may be opened before ``connect()`` (call it from a coroutine on the loop that will
+        connect): a persistent session's stored messages, which the broker sends right after
+        CONNACK, then have a taker. The stream survives ``disconnect()`` + ``connect()``."""
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ConfigError(f"queue_size must be an integer >= 1, not {queue_size!r}")
+        d = self._dispatcher
+        if d is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise ClientClosedError(
+                    "messages() before connect() must be called on the event loop that will connect "
+                    "(from a coroutine), so its messages have a loop to go to"
+                ) from None
+            d = self._bind(loop)
         ref = self._native.messages(queue_size)
         return Subscription(self, ref, d, [], None, queue_size)
 

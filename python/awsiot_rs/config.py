@@ -12,6 +12,7 @@ __all__ = [
     "DisconnectEvent",
     "OfflineQueue",
     "Payload",
+    "PolicyViolationCheck",
     "Reconnect",
     "Will",
     "encode_payload",
@@ -71,6 +72,23 @@ class OfflineQueue:
 
     limit: int = 1000
     qos0: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyViolationCheck:
+    """How the client recognises AWS IoT refusing an operation by policy.
+
+    Over MQTT 3.1.1, AWS IoT answers a publish or subscribe that the device's policy forbids by
+    closing the connection. A client that resends it after each reconnect loops forever, and
+    everything queued behind it waits. When the connection drops within ``window`` seconds
+    after the same un-acknowledged operation was sent, ``count`` times in a row, that operation
+    fails with ``PolicyViolationSuspected`` (awaited publishes and subscribes raise it;
+    ``publish_nowait`` messages are logged at ERROR and counted in ``stats()["dropped"]``) and
+    is not resent. ``Client(policy_violation=None)`` turns the check off.
+    """
+
+    count: int = 3
+    window: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ __all__ = [
     "JobRejected",
     "OperationTimeout",
     "PayloadTooLarge",
+    "PolicyViolationSuspected",
     "ProtocolError",
     "ProvisioningRejected",
     "QueueFullError",
@@ -99,7 +100,10 @@ class SubscribeError(AwsIotError):
 
 
 class QueueFullError(AwsIotError):
-    """A bounded queue is full (the offline queue, or the submission queue)."""
+    """A bounded queue is full (the offline queue, or the submission queue).
+    ``retry_when_writable`` is True when only the submission queue was momentarily full."""
+
+    retry_when_writable: bool = False
 
 
 class ClientClosedError(AwsIotError):
@@ -144,6 +148,19 @@ class JobRejected(ServiceError):
         self.client_token = client_token
 
 
+class PolicyViolationSuspected(ServiceError):
+    """The connection was closed right after the same operation was sent, several times in a
+    row (``Client(policy_violation=PolicyViolationCheck(count, window))``). Over MQTT 3.1.1 that
+    is how AWS IoT answers a publish or subscribe its policy forbids, so the operation is failed
+    instead of being resent forever, and the rest of the queue flows. ``topic`` is the topic
+    (publish) or filter (subscribe), ``operation`` is ``"publish"`` or ``"subscribe"``."""
+
+    def __init__(self, message: str, topic: str = "", operation: str = "") -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.operation = operation
+
+
 _KINDS: dict[str, type[AwsIotError]] = {
     cls.__name__: cls
     for cls in (
@@ -160,6 +177,7 @@ _KINDS: dict[str, type[AwsIotError]] = {
         SubscribeError,
         QueueFullError,
         ClientClosedError,
+        PolicyViolationSuspected,
     )
 }
 
@@ -171,6 +189,14 @@ def _from_core(kind: str, message: str, extra: dict[str, Any]) -> AwsIotError:
         return cls(message, return_code=extra.get("return_code"))
     if cls is SubscribeError:
         return SubscribeError(message, filters=extra.get("filters"))
+    if cls is PolicyViolationSuspected:
+        return PolicyViolationSuspected(
+            message, topic=str(extra.get("topic", "")), operation=str(extra.get("operation", ""))
+        )
+    if cls is QueueFullError:
+        err = QueueFullError(message)
+        err.retry_when_writable = bool(extra.get("retry_when_writable", False))
+        return err
     if cls is PayloadTooLarge:
         return PayloadTooLarge(message, size=extra.get("size"), max=extra.get("max"))
     return cls(message)

@@ -26,17 +26,24 @@ Callback = Callable[["Message"], Union[None, Awaitable[None]]]
 _BATCH = 512
 
 
+_OPEN, _PAUSED, _CLOSED = 0, 1, 2
+
+
 class Subscription:
     """The messages matching one ``subscribe()`` call (or every message, for
     ``Client.messages()``).
 
-    Iterate it with ``async for``; the iteration ends when the subscription is closed (by
-    ``unsubscribe()``, ``client.disconnect()``, or leaving ``async with``). With a callback
-    the client delivers each message to it on the event loop thread instead.
+    Iterate it with ``async for``. The subscription lives until ``unsubscribe()`` (or leaving
+    ``async with``); it survives ``client.disconnect()`` + ``client.connect()`` (re-subscribed).
+    While the client is disconnected an iteration ends once the queued messages are taken;
+    iterate again after the next ``connect()``. With a callback the client delivers each
+    message to it on the event loop thread instead, in order: any callable works, and whatever
+    it returns that is awaitable is awaited before the next message.
 
     Its queue is bounded (``queue_size``): when full, QoS 0 messages are dropped (counted in
     ``stats()["dropped"]``) and QoS 1 messages hold back acknowledgements so the broker slows
-    down (no loss).
+    down (no loss). If the broker refuses the filter when a session is restored, the
+    subscription ends with ``SubscribeError`` (raised by the iteration, logged for callbacks).
     """
 
     def __init__(
@@ -57,8 +64,10 @@ class Subscription:
         self._buffer: deque[Message] = deque()
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
-        self._callback_task: asyncio.Task[None] | None = None
-        self._is_async_callback = callback is not None and inspect.iscoroutinefunction(callback)
+        self._error_raised = False
+        #: The task awaiting an awaitable callback result (delivery continues from it).
+        self._delivering: asyncio.Task[None] | None = None
+        self._scheduled = False
         self._batch = max(1, min(_BATCH, queue_size))
         dispatcher.add_source(ref.id, self._on_ready)
 
@@ -78,62 +87,100 @@ class Subscription:
         return self._closed
 
     def _on_ready(self) -> None:
-        if self._callback is not None and not self._is_async_callback:
-            self._run_sync_callbacks()
+        if self._callback is not None:
+            if self._delivering is None and not self._scheduled:
+                self._deliver()
             return
-        if self._is_async_callback and (self._callback_task is None or self._callback_task.done()):
-            # One task per subscription awaits the callbacks in order.
-            self._callback_task = self._dispatcher.loop.create_task(
-                self._run_async_callbacks(), name=f"awsiot_rs-callback-{self._ref.id}"
-            )
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             if not w.done():
                 w.set_result(None)
 
-    def _take(self) -> bool:
-        """Moves a batch from the native queue into the buffer; returns False once closed.
-        A batch is at most ``queue_size`` messages, so the buffer never holds more than the
-        queue's bound and backpressure keeps working."""
-        messages, closed = self._ref.pop_batch(self._batch)
+    def _take(self) -> int:
+        """Moves a batch from the native queue into the buffer; returns the queue state
+        (``_OPEN`` when messages came or may come). A batch is at most ``queue_size``
+        messages, so the buffer never holds more than the queue's bound and backpressure
+        keeps working."""
+        messages, state = self._ref.pop_batch(self._batch)
         if messages:
             self._buffer.extend(messages)
-        elif closed:
+            return _OPEN
+        if state == _CLOSED:
             self._finish()
-            return False
-        return True
+        return state
 
     def _finish(self) -> None:
         if not self._closed:
             self._closed = True
             self._dispatcher.remove_source(self._ref.id)
             self._client._forget(self)
+            error = self._ref.error
+            if error is not None and self._callback is not None:
+                logger.error("awsiot_rs: subscription %r ended: %s", self._filters, error)
 
-    def _run_sync_callbacks(self) -> None:
+    def _schedule(self) -> None:
+        """Continues callback delivery on the next loop turn (other work goes first)."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._dispatcher.loop.call_soon(self._resume_delivery)
+
+    def _resume_delivery(self) -> None:
+        self._scheduled = False
+        if self._delivering is None:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Runs the callback for up to one batch of messages, then yields to the loop. An
+        awaitable result hands delivery to a task that awaits it before the next message."""
         callback = self._callback
         assert callback is not None
-        while True:
-            messages, closed = self._ref.pop_batch(self._batch)
-            for m in messages:
+        budget = self._batch
+        try:
+            while budget > 0:
+                if not self._buffer and (self._take() != _OPEN or not self._buffer):
+                    return
+                message = self._buffer.popleft()
+                budget -= 1
                 try:
-                    callback(m)
+                    result = callback(message)
                 except Exception:
                     logger.exception("awsiot_rs: subscription callback raised (delivery continues)")
-            if not messages:
-                if closed:
-                    self._finish()
-                return
+                    continue
+                if inspect.isawaitable(result):
+                    self._delivering = self._dispatcher.loop.create_task(
+                        self._deliver_async(result), name=f"awsiot_rs-callback-{self._ref.id}"
+                    )
+                    return
+            self._schedule()
+        except BaseException:
+            # KeyboardInterrupt, SystemExit, ...: propagate, but keep the rest of the batch
+            # (it is in the buffer) and keep delivering on the next turn.
+            self._schedule()
+            raise
 
-    async def _run_async_callbacks(self) -> None:
+    async def _deliver_async(self, first: Awaitable[Any]) -> None:
+        """Awaits callback results one at a time, in order, until the queue is drained."""
         callback = self._callback
         assert callback is not None
-        async for m in self:
+        try:
             try:
-                result = callback(m)
-                if inspect.isawaitable(result):
-                    await result
+                await first
             except Exception:
                 logger.exception("awsiot_rs: subscription callback raised (delivery continues)")
+            while self._buffer or self._take() == _OPEN:
+                if not self._buffer:
+                    break
+                message = self._buffer.popleft()
+                try:
+                    result = callback(message)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    logger.exception("awsiot_rs: subscription callback raised (delivery continues)")
+        finally:
+            self._delivering = None
+            if self._buffer:
+                self._schedule()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -142,7 +189,13 @@ class Subscription:
         while True:
             if self._buffer:
                 return self._buffer.popleft()
-            if self._closed or not self._take():
+            if self._closed:
+                self._raise_error()
+                raise StopAsyncIteration
+            state = self._take()
+            if state != _OPEN:
+                if state == _CLOSED:
+                    self._raise_error()
                 raise StopAsyncIteration
             if self._buffer:
                 continue
@@ -153,6 +206,15 @@ class Subscription:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+    def _raise_error(self) -> None:
+        """Raises the error the subscription ended with (once)."""
+        if self._error_raised:
+            return
+        error = self._ref.error
+        if error is not None:
+            self._error_raised = True
+            raise error
 
     def pending(self) -> int:
         """Messages received but not yet taken."""

@@ -12,6 +12,7 @@ use crate::core::config::{ClientConfig, QoS, AWS_MAX_FILTERS_PER_SUBSCRIBE};
 use crate::core::driver::Driver;
 use crate::core::error::{DisconnectReason, Error, Result};
 use crate::core::queue::SubscriptionQueue;
+use crate::core::router::Router;
 use crate::core::topic::{self, Limits};
 use crate::core::traffic_log::TrafficLog;
 
@@ -61,6 +62,7 @@ pub struct Stats {
     pub(crate) inflight: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) unrouted: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -82,6 +84,8 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     /// Successful automatic reconnects.
     pub reconnects: u64,
+    /// Messages received that no subscription or catch-all stream took.
+    pub unrouted: u64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: usize) {
@@ -134,10 +138,6 @@ pub(crate) enum Command {
         queue: Arc<SubscriptionQueue>,
         reply: Reply<Vec<u8>>,
     },
-    CatchAll {
-        id: u64,
-        queue: Arc<SubscriptionQueue>,
-    },
     CloseSubscription {
         id: u64,
         reply: Option<Reply<()>>,
@@ -165,6 +165,14 @@ pub(crate) struct Shared {
     pub queued: AtomicUsize,
     /// Operations in the driver's outbox (waiting for the connection or a packet id).
     pub outbox_len: AtomicUsize,
+    /// The subscription registry. It belongs to the client, not to one driver, so
+    /// subscriptions outlive `disconnect()` + `connect()`. Locked briefly by the driver (per
+    /// inbound PUBLISH) and by the handle (catch-alls, closes while no driver runs).
+    pub router: Mutex<Router>,
+    /// Incremented by each `connect()`: a driver only changes the shared state while it is
+    /// the current one, so a previous driver still flushing its DISCONNECT cannot overwrite a
+    /// new connection's state.
+    pub generation: AtomicU64,
 }
 
 impl Shared {
@@ -174,6 +182,19 @@ impl Shared {
 
     pub fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Sets the state only if driver `generation` is still the current one.
+    pub fn set_state_for(&self, generation: u64, s: State) {
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.set_state(s);
+        }
+    }
+
+    pub fn router(&self) -> MutexGuard<'_, Router> {
+        self.router
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -187,6 +208,8 @@ pub struct Client {
     shared: Arc<Shared>,
     runtime: Handle,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
+    /// The last driver task: a new one starts only after it has finished.
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -211,8 +234,11 @@ impl Client {
         if let Some(path) = &config.log_file {
             TrafficLog::open(path)?;
         }
+        let router = Router::new(config.limits);
         Ok(Self {
             shared: Arc::new(Shared {
+                router: Mutex::new(router),
+                generation: AtomicU64::new(0),
                 config,
                 state: AtomicU8::new(State::Closed as u8),
                 session_present: AtomicBool::new(false),
@@ -224,6 +250,7 @@ impl Client {
             }),
             runtime,
             commands: Mutex::new(None),
+            driver: Mutex::new(None),
         })
     }
 
@@ -283,6 +310,7 @@ impl Client {
             queued: u64::try_from(self.waiting()).unwrap_or(u64::MAX),
             dropped: get(&s.dropped),
             reconnects: get(&s.reconnects),
+            unrouted: get(&s.unrouted),
         }
     }
 
@@ -300,10 +328,23 @@ impl Client {
         }
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
         *commands = Some(tx);
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.shared.set_state(State::Connecting);
         self.shared.session_present.store(false, Ordering::Release);
-        let driver = Driver::new(Arc::clone(&self.shared), rx);
-        self.runtime.spawn(driver.run(reply));
+        let driver = Driver::new(Arc::clone(&self.shared), rx, generation);
+        let mut slot = self
+            .driver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = slot.take();
+        *slot = Some(self.runtime.spawn(async move {
+            // The previous driver may still be flushing its DISCONNECT: let it finish first,
+            // so two drivers never share the registry or the client id.
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            driver.run(reply).await;
+        }));
     }
 
     /// Operations submitted and not yet sent.
@@ -357,7 +398,7 @@ impl Client {
         };
         match tx.try_send(command) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::QueueFull(format!(
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::SubmissionFull(format!(
                 "{COMMAND_CAPACITY} operations are waiting to be sent; await publishes (or slow down) to let the connection catch up"
             ))),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -466,21 +507,16 @@ impl Client {
         })
     }
 
-    /// Registers a queue that receives every message, whatever the filter.
-    ///
-    /// # Errors
-    /// [`Error::Closed`] before `connect()`.
-    pub fn subscribe_all(&self, queue: Arc<SubscriptionQueue>) -> Result<()> {
-        self.check_open()?;
-        self.send(Command::CatchAll {
-            id: queue.id(),
-            queue,
-        })
+    /// Registers a queue that receives every message, whatever the filter. Allowed before
+    /// `connect()` (a persistent session's stored messages then have a taker) and kept across
+    /// `disconnect()` + `connect()`.
+    pub fn subscribe_all(&self, queue: Arc<SubscriptionQueue>) {
+        self.shared.router().add_catch_all(queue.id(), queue);
     }
 
     /// Ends one subscription (its queue closes); filters no other subscription uses are
-    /// unsubscribed at the broker, and `reply` completes at UNSUBACK. Never fails: after
-    /// `disconnect()` there is nothing left to end, and `reply` completes at once.
+    /// unsubscribed at the broker, and `reply` completes at UNSUBACK. Never fails: while no
+    /// connection runs the registry forgets it at once and `reply` completes.
     pub fn close_subscription(&self, id: u64, reply: Option<Reply<()>>) {
         let command = Command::CloseSubscription { id, reply };
         let guard = self.commands();
@@ -491,9 +527,10 @@ impl Client {
                     // Never lose a close (its queue would hold back acknowledgements): wait
                     // for room in the background.
                     let tx = tx.clone();
+                    let shared = Arc::clone(&self.shared);
                     self.runtime.spawn(async move {
                         if let Err(mpsc::error::SendError(command)) = tx.send(command).await {
-                            complete_unsent(command);
+                            complete_unsent(&shared, command);
                         }
                     });
                     None
@@ -504,7 +541,7 @@ impl Client {
         };
         drop(guard);
         if let Some(command) = unsent {
-            complete_unsent(command);
+            complete_unsent(&self.shared, command);
         }
     }
 
@@ -551,10 +588,14 @@ impl Client {
     }
 }
 
-/// Completes a command that never reached the driver because it had already stopped.
-fn complete_unsent(command: Command) {
-    if let Command::CloseSubscription { reply: Some(r), .. } = command {
-        r(Ok(()));
+/// Completes a close that never reached a driver (none runs): the registry is updated
+/// directly; a persistent session's filters are unsubscribed after the next CONNACK.
+fn complete_unsent(shared: &Shared, command: Command) {
+    if let Command::CloseSubscription { id, reply } = command {
+        shared.router().remove_offline(id);
+        if let Some(r) = reply {
+            r(Ok(()));
+        }
     }
 }
 

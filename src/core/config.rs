@@ -22,6 +22,13 @@ pub const AWS_MAX_CLIENT_ID: usize = 128;
 pub const AWS_MAX_FILTERS_PER_SUBSCRIBE: usize = 8;
 /// AWS IoT: allowed keep-alive range in seconds.
 pub const AWS_KEEP_ALIVE_SECS: std::ops::RangeInclusive<u64> = 30..=1200;
+/// AWS IoT: maximum subscriptions (distinct filters) per connection.
+pub const AWS_MAX_SUBSCRIPTIONS: usize = 50;
+/// MQTT 3.1.1 encodes the will message with a 16-bit length.
+pub const MAX_WILL_PAYLOAD: usize = 65_535;
+/// The longest duration accepted anywhere (timeouts, delays): one year. Longer values would
+/// overflow clock arithmetic and mean "never" in practice.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// MQTT quality of service levels this client supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -106,6 +113,46 @@ pub struct OfflineQueueConfig {
     pub qos0: bool,
 }
 
+/// Detection of AWS IoT's answer to an operation its policy forbids (over MQTT 3.1.1 it closes
+/// the connection): when the connection drops within `window` after the same un-acknowledged
+/// operation was sent, `count` times in a row, that operation is failed with
+/// [`Error::PolicyViolationSuspected`] and no longer resent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyCheck {
+    /// Drops in a row that condemn the operation (at least 1).
+    pub count: u32,
+    /// How soon after sending the drop must come.
+    pub window: Duration,
+}
+
+impl Default for PolicyCheck {
+    fn default() -> Self {
+        Self {
+            count: 3,
+            window: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Converts a number of seconds from a host language, refusing what is not a duration.
+///
+/// # Errors
+/// [`Error::Config`] for NaN, infinities, negative values and values above [`MAX_DURATION`].
+pub fn duration_from_secs(what: &str, secs: f64) -> Result<Duration> {
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| {
+        Error::Config(format!(
+            "{what} must be a finite number of seconds >= 0, not {secs}"
+        ))
+    })?;
+    if d > MAX_DURATION {
+        return Err(Error::Config(format!(
+            "{what} is {secs} s; the maximum is {} s (one year)",
+            MAX_DURATION.as_secs()
+        )));
+    }
+    Ok(d)
+}
+
 impl Default for OfflineQueueConfig {
     fn default() -> Self {
         Self {
@@ -188,6 +235,11 @@ pub struct ClientConfig {
     pub log_file: Option<PathBuf>,
     /// Maximum un-acknowledged outgoing packets (packet ids in use).
     pub inflight: u16,
+    /// Most distinct filters the connection holds at the broker (`None`: the limits' default,
+    /// [`AWS_MAX_SUBSCRIPTIONS`] on AWS, unbounded for plain MQTT).
+    pub max_subscriptions: Option<usize>,
+    /// Policy-violation loop detection (`None` disables it).
+    pub policy_check: Option<PolicyCheck>,
 }
 
 /// A client id like `awsiot-rs-3f9a0c1d2e4b`.
@@ -219,6 +271,18 @@ impl ClientConfig {
             offline_queue: OfflineQueueConfig::default(),
             log_file: None,
             inflight: 100,
+            max_subscriptions: None,
+            policy_check: Some(PolicyCheck::default()),
+        }
+    }
+
+    /// The cap on distinct filters held at the broker, if any.
+    #[must_use]
+    pub fn subscription_cap(&self) -> Option<usize> {
+        match (self.max_subscriptions, self.limits) {
+            (Some(n), _) => Some(n),
+            (None, Limits::Aws) => Some(AWS_MAX_SUBSCRIPTIONS),
+            (None, Limits::Mqtt) => None,
         }
     }
 
@@ -263,11 +327,45 @@ impl ClientConfig {
             topic::validate_topic(&will.topic, self.limits)
                 .map_err(|e| Error::Topic(format!("will: {e}")))?;
             self.check_payload(will.payload.len())?;
+            if will.payload.len() > MAX_WILL_PAYLOAD {
+                return Err(Error::PayloadTooLarge {
+                    size: will.payload.len(),
+                    max: MAX_WILL_PAYLOAD,
+                    limits: "MQTT 3.1.1 will message",
+                });
+            }
         }
         check_duration("operation_timeout", self.operation_timeout)?;
         check_duration("connect timeout", self.connect_timeout)?;
+        if let Some(cap) = self.max_subscriptions {
+            let most = if self.limits == Limits::Aws {
+                AWS_MAX_SUBSCRIPTIONS
+            } else {
+                usize::MAX
+            };
+            if cap == 0 || cap > most {
+                return Err(Error::Config(format!(
+                    "max_subscriptions must be 1..={} with limits=\"aws\" (AWS IoT's per-connection quota), not {cap}",
+                    AWS_MAX_SUBSCRIPTIONS
+                )));
+            }
+        }
+        if let Some(p) = &self.policy_check {
+            if p.count == 0 {
+                return Err(Error::Config(
+                    "PolicyViolationCheck.count must be at least 1".into(),
+                ));
+            }
+            check_duration("PolicyViolationCheck.window", p.window)?;
+        }
         if let Some(r) = &self.reconnect {
             check_duration("reconnect min_delay", r.min_delay)?;
+            check_duration("reconnect max_delay", r.max_delay)?;
+            if r.reset_after > MAX_DURATION {
+                return Err(Error::Config(
+                    "reconnect reset_after must be at most one year".into(),
+                ));
+            }
             if r.max_delay < r.min_delay {
                 return Err(Error::Config(format!(
                     "reconnect max_delay ({:?}) must be at least min_delay ({:?})",
@@ -358,6 +456,13 @@ fn check_duration(what: &str, d: Duration) -> Result<()> {
     if d.is_zero() {
         return Err(Error::Config(format!("{what} must be greater than 0")));
     }
+    if d > MAX_DURATION {
+        return Err(Error::Config(format!(
+            "{what} is {} s; the maximum is {} s (one year)",
+            d.as_secs(),
+            MAX_DURATION.as_secs()
+        )));
+    }
     Ok(())
 }
 
@@ -403,6 +508,55 @@ mod tests {
         let generated = ClientConfig::new("h", 1883, Transport::Tcp);
         assert!(generated.client_id.starts_with("awsiot-rs-"));
         assert_eq!(generated.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_will_payload_longer_than_a_u16_length_is_refused() {
+        let mut c = base();
+        c.limits = Limits::Mqtt;
+        c.will = Some(Will {
+            topic: "w".into(),
+            payload: Bytes::from(vec![0u8; 65_536]),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        assert!(matches!(
+            c.validate(),
+            Err(Error::PayloadTooLarge { max: 65_535, .. })
+        ));
+        c.will = Some(Will {
+            topic: "w".into(),
+            payload: Bytes::from(vec![0u8; 65_535]),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused_not_overflowed() {
+        for bad in [1e19, f64::NAN, f64::INFINITY, -1.0, 4e7] {
+            assert!(duration_from_secs("t", bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            duration_from_secs("t", 1.5),
+            Ok(Duration::from_millis(1500))
+        );
+        let mut c = base();
+        c.operation_timeout = Duration::from_secs(u64::MAX / 4);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_subscription_cap_follows_the_limits() {
+        let mut c = base();
+        assert_eq!(c.subscription_cap(), Some(AWS_MAX_SUBSCRIPTIONS));
+        c.max_subscriptions = Some(51);
+        assert!(c.validate().is_err());
+        c.limits = Limits::Mqtt;
+        assert_eq!(c.validate(), Ok(()));
+        c.max_subscriptions = None;
+        assert_eq!(c.subscription_cap(), None);
     }
 
     #[test]

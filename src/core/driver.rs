@@ -30,7 +30,7 @@ use crate::core::error::{DisconnectReason, Error, Result};
 use crate::core::inflight::Inflight;
 use crate::core::message::Message;
 use crate::core::queue::SubscriptionQueue;
-use crate::core::router::Router;
+use crate::core::router::Released;
 use crate::core::topic::Limits;
 use crate::core::traffic_log::{Direction, Entry, TrafficLog};
 use crate::core::transport::{self, packet_name, Stream, DISCONNECT_FLUSH};
@@ -44,6 +44,8 @@ const COMMAND_BURST: usize = 1024;
 /// Initial read/write buffer size; buffers grow (doubling) only when traffic needs it, so
 /// idle connections stay small.
 const BUFFER_START: usize = 1024;
+/// At most one "unrouted messages" warning per this interval.
+const UNROUTED_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// An operation's completion.
 enum OpReply {
@@ -107,6 +109,18 @@ enum SessionEnd {
     Lost(Error),
 }
 
+/// Where the keep-alive ping is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    /// No ping outstanding.
+    Idle,
+    /// PINGREQ encoded at `at`, waiting behind other writes: it leaves the buffer once
+    /// `written` reaches `until` bytes.
+    Queued { until: u64, at: Instant },
+    /// PINGREQ written at this time; waiting for PINGRESP (or any inbound bytes).
+    Written(Instant),
+}
+
 /// One live connection's buffers and timers.
 struct Conn {
     rd: ReadHalf<Stream>,
@@ -116,14 +130,52 @@ struct Conn {
     needs_flush: bool,
     last_write: Instant,
     last_read: Instant,
-    ping_sent: Option<Instant>,
+    /// Bytes written to the socket on this connection.
+    written: u64,
+    ping: Ping,
+}
+
+/// The keep-alive rules, pure: when to ping, and when the link is dead.
+///
+/// A ping goes out after `keep_alive` with nothing written or nothing read (the second rule
+/// finds a half-open link within 1.5 × keep-alive even while we keep writing). Its timeout runs
+/// from when PINGREQ actually left the write buffer, not from when it was queued behind other
+/// writes, and any inbound bytes count as a sign of life. While the PINGREQ still waits behind
+/// other writes, the link is declared dead only if neither reads nor writes made progress for
+/// the ping timeout.
+fn keep_alive_deadline(
+    conn: &Conn,
+    keep_alive: Duration,
+    ping_timeout: Duration,
+) -> Option<Instant> {
+    if keep_alive.is_zero() {
+        return None;
+    }
+    Some(match conn.ping {
+        Ping::Idle => conn.last_write.min(conn.last_read) + keep_alive,
+        Ping::Queued { at, .. } => at.max(conn.last_write).max(conn.last_read) + ping_timeout,
+        Ping::Written(at) => at.max(conn.last_read) + ping_timeout,
+    })
+}
+
+/// The suspect of a policy-violation loop: which operation, and how many drops in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Suspect {
+    operation: &'static str,
+    topic: String,
+    count: u32,
 }
 
 pub(crate) struct Driver {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
-    router: Router,
+    generation: u64,
     inflight: Inflight<Queued>,
+    /// When each in-flight packet was last written (for the policy-violation check).
+    sent_at: HashMap<u16, Instant>,
+    suspect: Option<Suspect>,
+    unrouted_warned: Option<Instant>,
+    unrouted_since_warning: u64,
     outbox: VecDeque<Queued>,
     ops: HashMap<u64, OpEntry>,
     deadlines: VecDeque<(Instant, u64)>,
@@ -167,14 +219,18 @@ fn entry_for(q: &Queued) -> Entry<'_> {
 }
 
 impl Driver {
-    pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Command>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Command>, generation: u64) -> Self {
         let inflight = Inflight::new(shared.config.inflight);
         let max_packet = shared.config.max_incoming_packet();
         Self {
             shared,
             rx,
-            router: Router::default(),
+            generation,
             inflight,
+            sent_at: HashMap::new(),
+            suspect: None,
+            unrouted_warned: None,
+            unrouted_since_warning: 0,
             outbox: VecDeque::new(),
             ops: HashMap::new(),
             deadlines: VecDeque::new(),
@@ -194,6 +250,10 @@ impl Driver {
         self.shared.sink.event(event);
     }
 
+    fn set_state(&self, state: State) {
+        self.shared.set_state_for(self.generation, state);
+    }
+
     /// The task body: connect, serve, reconnect, until disconnected or given up.
     pub(crate) async fn run(mut self, connect_reply: Reply<ConnectInfo>) {
         if let Some(path) = self.cfg().log_file.clone() {
@@ -204,6 +264,8 @@ impl Driver {
         }
         let client_id = self.cfg().client_id.clone();
         log::debug!("client {client_id}: driver started");
+        // Subscriptions kept from an earlier connection (or opened before connect()) resume.
+        self.shared.router().resume_all();
         let mut connect_reply = Some(connect_reply);
         let mut backoff = self.cfg().reconnect.clone().map(Backoff::new);
         loop {
@@ -219,7 +281,7 @@ impl Driver {
                     self.shared
                         .session_present
                         .store(session_present, Ordering::Release);
-                    self.shared.set_state(State::Connected);
+                    self.set_state(State::Connected);
                     if reconnect {
                         self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     }
@@ -243,6 +305,7 @@ impl Driver {
                             if let Some(b) = backoff.as_mut() {
                                 b.connection_ended(started.elapsed());
                             }
+                            self.check_policy_violation(Instant::now());
                             self.connection_down(&e);
                             self.event(ClientEvent::Disconnected {
                                 reason: e.disconnect_reason(),
@@ -261,7 +324,7 @@ impl Driver {
                         self.give_up(&e);
                         // Stopped before answering, so connect() may be called again at once.
                         self.drain_channel();
-                        self.shared.set_state(State::Closed);
+                        self.set_state(State::Closed);
                         reply(Err(e));
                         break;
                     }
@@ -284,14 +347,15 @@ impl Driver {
                 let since = last_attempt.elapsed();
                 delay = delay.max(Duration::from_secs(1).saturating_sub(since));
             }
-            self.shared.set_state(State::Reconnecting);
+            self.set_state(State::Reconnecting);
             log::debug!("client {client_id}: reconnecting in {delay:?}");
             if self.wait_offline(Instant::now() + delay).await.is_err() {
                 break;
             }
         }
         self.drain_channel();
-        self.shared.set_state(State::Closed);
+        self.shared.router().pause_all();
+        self.set_state(State::Closed);
         if let Some(t) = self.traffic.as_mut() {
             t.flush();
         }
@@ -330,11 +394,18 @@ impl Driver {
     }
 
     fn new_op(&mut self, reply: OpReply, what: String, sub: Option<u64>) -> u64 {
+        let op = self.untimed_op(reply, what, sub);
+        self.deadlines
+            .push_back((Instant::now() + self.cfg().operation_timeout, op));
+        op
+    }
+
+    /// An operation without a deadline (fire-and-forget QoS 1 publishes: kept until
+    /// acknowledged, bounded by the queues they wait in).
+    fn untimed_op(&mut self, reply: OpReply, what: String, sub: Option<u64>) -> u64 {
         let op = self.next_op;
         self.next_op += 1;
         self.ops.insert(op, OpEntry { reply, what, sub });
-        self.deadlines
-            .push_back((Instant::now() + self.cfg().operation_timeout, op));
         op
     }
 
@@ -383,13 +454,37 @@ impl Driver {
     }
 
     fn drop_subscription(&mut self, sub: u64) {
-        let unused = self.router.remove(sub);
-        if !unused.is_empty() {
-            self.outbox.push_back(Queued::Unsubscribe {
-                filters: unused,
-                op: 0,
-            });
+        let released = self.shared.router().remove(sub);
+        self.queue_release(released, None);
+    }
+
+    /// Tells the broker about released filters: UNSUBSCRIBE the unused (`reply` at UNSUBACK,
+    /// or at once when there is none), re-SUBSCRIBE at a lower QoS those whose highest
+    /// subscription went.
+    fn queue_release(&mut self, released: Released, reply: Option<Reply<()>>) {
+        let mut reply = reply;
+        let chunks: Vec<Vec<(String, QoS)>> = released
+            .downgrade
+            .chunks(AWS_MAX_FILTERS_PER_SUBSCRIBE)
+            .map(<[(String, QoS)]>::to_vec)
+            .collect();
+        let last = chunks.len().saturating_sub(1);
+        for (i, filters) in chunks.into_iter().enumerate() {
+            // With nothing to unsubscribe, the caller's reply waits for the lowering SUBACK,
+            // so a message published after it returns arrives at the new QoS.
+            let op = match reply.take() {
+                Some(r) if i == last && released.unsubscribe.is_empty() => {
+                    let what = format!("SUBSCRIBE to {filters:?} (lowering the QoS)");
+                    self.new_op(OpReply::Unit(r), what, None)
+                }
+                other => {
+                    reply = other;
+                    0
+                }
+            };
+            self.outbox.push_back(Queued::Subscribe { filters, op });
         }
+        self.queue_unsubscribe(released.unsubscribe, reply);
     }
 
     /// Applies a command while there is no connection. `Err(())` = stop the driver.
@@ -441,8 +536,14 @@ impl Driver {
                 }
                 let mut publish = Publish::from_bytes(topic, qos.to_mqtt(), payload);
                 publish.retain = retain;
-                let op = if connected && qos == QoS::AtMostOnce && matches!(reply, OpReply::None) {
+                let fire_and_forget = matches!(reply, OpReply::None);
+                let op = if connected && qos == QoS::AtMostOnce && fire_and_forget {
                     0
+                } else if fire_and_forget && qos == QoS::AtLeastOnce {
+                    // publish_nowait QoS 1: nobody awaits it, so it never times out; it stays
+                    // until acknowledged (or until disconnect(), which logs what it drops).
+                    let what = format!("PUBLISH to {:?}", publish.topic);
+                    self.untimed_op(reply, what, None)
                 } else {
                     let what = format!("PUBLISH to {:?}", publish.topic);
                     self.new_op(reply, what, None)
@@ -457,10 +558,25 @@ impl Driver {
             } => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 if over_limit {
+                    queue.close();
                     reply(Err(queue_full(offline.limit)));
                     return;
                 }
-                let to_send = self.router.add(id, &filters, queue);
+                if let Some(cap) = self.cfg().subscription_cap() {
+                    let after = self.shared.router().filters_after_adding(&filters);
+                    if after > cap {
+                        queue.close();
+                        let filters: Vec<String> = filters.into_iter().map(|(f, _)| f).collect();
+                        reply(Err(Error::SubscriptionLimit {
+                            message: format!(
+                                "subscribing to {filters:?} would make this connection hold {after} topic filters; the cap is {cap} (AWS IoT allows 50 per connection; Client(max_subscriptions=...) sets it): unsubscribe from some first"
+                            ),
+                            filters,
+                        }));
+                        return;
+                    }
+                }
+                let to_send = self.shared.router().add(id, &filters, queue);
                 let what = format!(
                     "SUBSCRIBE to {:?}",
                     filters.iter().map(|(f, _)| f).collect::<Vec<_>>()
@@ -471,13 +587,12 @@ impl Driver {
                     op,
                 });
             }
-            Command::CatchAll { id, queue } => self.router.add_catch_all(id, queue),
             Command::CloseSubscription { id, reply } => {
-                let unused = self.router.remove(id);
-                self.queue_unsubscribe(unused, reply);
+                let released = self.shared.router().remove(id);
+                self.queue_release(released, reply);
             }
             Command::Unsubscribe { filters, reply } => {
-                let known = self.router.remove_filters(&filters);
+                let known = self.shared.router().remove_filters(&filters);
                 // Unsubscribe at the broker even for filters we did not know (idempotent).
                 let _ = known;
                 self.queue_unsubscribe(filters, Some(reply));
@@ -514,6 +629,82 @@ impl Driver {
     /// After a connection ends: acknowledgements owed to the broker are void (it redelivers).
     fn connection_down(&mut self, _e: &Error) {
         self.acks.clear();
+        self.sent_at.clear();
+    }
+
+    /// The connection just dropped. Over MQTT 3.1.1, AWS IoT answers a publish or subscribe its
+    /// policy forbids by closing the connection; resending it after every reconnect would loop
+    /// forever with everything else queued behind it. When the oldest un-acknowledged packet
+    /// was sent within the window before the drop, it is the suspect; the same suspect
+    /// `count` times in a row is failed with [`Error::PolicyViolationSuspected`] and dropped.
+    fn check_policy_violation(&mut self, dropped_at: Instant) {
+        let Some(check) = self.cfg().policy_check else {
+            return;
+        };
+        let oldest = self.inflight.in_order().into_iter().next();
+        let culprit = oldest.and_then(|pkid| {
+            let sent = self.sent_at.get(&pkid)?;
+            if dropped_at.saturating_duration_since(*sent) > check.window {
+                return None;
+            }
+            let (operation, topic) = match self.inflight.get(pkid)? {
+                Queued::Publish { publish, .. } => ("publish", publish.topic.clone()),
+                Queued::Subscribe { filters, .. } => {
+                    ("subscribe", filters.first().map(|(f, _)| f.clone())?)
+                }
+                Queued::Unsubscribe { .. } => return None,
+            };
+            Some((pkid, operation, topic))
+        });
+        let Some((pkid, operation, topic)) = culprit else {
+            self.suspect = None;
+            return;
+        };
+        let count = match &self.suspect {
+            Some(s) if s.operation == operation && s.topic == topic => s.count + 1,
+            _ => 1,
+        };
+        if count < check.count {
+            log::debug!(
+                "the connection dropped {:?} after sending {operation} {topic:?} ({count} of {} in a row)",
+                check.window,
+                check.count
+            );
+            self.suspect = Some(Suspect {
+                operation,
+                topic,
+                count,
+            });
+            return;
+        }
+        self.suspect = None;
+        let err = Error::PolicyViolationSuspected {
+            topic: topic.clone(),
+            operation,
+            count,
+            window: check.window,
+        };
+        log::error!("{err}");
+        match self.inflight.remove(pkid) {
+            Some(Queued::Subscribe { filters, op: 0 }) => {
+                let refused: Vec<String> = filters.into_iter().map(|(f, _)| f).collect();
+                let released = self.shared.router().fail_filters(&refused, &err);
+                self.queue_release(released, None);
+            }
+            Some(q) => {
+                let op = q.op();
+                if op == 0 {
+                    self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(entry) = self.ops.get(&op) {
+                    if matches!(entry.reply, OpReply::None) {
+                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                self.complete(op, Err(err));
+            }
+            None => {}
+        }
+        self.publish_counts();
     }
 
     /// Fails everything still waiting and ends every subscription.
@@ -525,16 +716,40 @@ impl Driver {
     }
 
     fn fail_all(&mut self, err: &Error) {
+        let mut unsent = 0usize;
+        let mut is_unsent_publish = |q: &Queued| {
+            if matches!(q, Queued::Publish { op: 0, .. }) {
+                unsent += 1;
+            }
+        };
+        for q in &self.outbox {
+            is_unsent_publish(q);
+        }
         self.outbox.clear();
         for (_, q) in self.inflight.drain_in_order() {
-            drop(q);
+            is_unsent_publish(&q);
         }
+        self.sent_at.clear();
         self.deadlines.clear();
         let ops: Vec<OpEntry> = self.ops.drain().map(|(_, e)| e).collect();
         for entry in ops {
+            if let Some(sub) = entry.sub {
+                // Its subscribe() call fails: the subscription must not linger.
+                self.shared.router().remove_offline(sub);
+            }
+            if matches!(entry.reply, OpReply::None) {
+                unsent += 1;
+            }
             finish(entry.reply, Err(err.clone()));
         }
-        self.router.close_all();
+        if unsent > 0 {
+            add(&self.shared.stats.dropped, unsent);
+            log::warn!(
+                "{unsent} fire-and-forget publish(es) (publish_nowait) were not acknowledged before the client stopped and are dropped: {err}"
+            );
+        }
+        // Subscriptions stay (re-subscribed at the next connect()); iterations end for now.
+        self.shared.router().pause_all();
         self.acks.clear();
         self.publish_counts();
     }
@@ -557,8 +772,13 @@ impl Driver {
                     queue.close();
                     reply(Err(err()));
                 }
-                Command::CatchAll { queue, .. } => queue.close(),
-                Command::CloseSubscription { reply, .. } | Command::Disconnect { reply } => {
+                Command::CloseSubscription { id, reply } => {
+                    self.shared.router().remove_offline(id);
+                    if let Some(r) = reply {
+                        r(Ok(()));
+                    }
+                }
+                Command::Disconnect { reply } => {
                     if let Some(r) = reply {
                         r(Ok(()));
                     }
@@ -577,7 +797,7 @@ impl Driver {
         self.fail_all(&Error::Closed(
             "the client disconnected before the operation completed".into(),
         ));
-        self.shared.set_state(State::Closed);
+        self.set_state(State::Closed);
         self.event(ClientEvent::Disconnected {
             reason: DisconnectReason::Client,
             error: None,
@@ -598,7 +818,8 @@ impl Driver {
             needs_flush: false,
             last_write: Instant::now(),
             last_read: Instant::now(),
-            ping_sent: None,
+            written: 0,
+            ping: Ping::Idle,
         };
         if let Some(t) = self.traffic.as_mut() {
             t.record(
@@ -645,16 +866,7 @@ impl Driver {
             if let Err(e) = self.fill(&mut conn) {
                 return SessionEnd::Lost(e);
             }
-            let ka_deadline = if keep_alive.is_zero() {
-                None
-            } else if let Some(sent) = conn.ping_sent {
-                Some(sent + ping_timeout)
-            } else {
-                // Ping when we have sent nothing for keep_alive (MQTT's rule) and also when we
-                // have received nothing for keep_alive: a half-open link is then detected within
-                // 1.5 × keep_alive even while we keep writing into a dead socket.
-                Some(conn.last_write.min(conn.last_read) + keep_alive)
-            };
+            let ka_deadline = keep_alive_deadline(&conn, keep_alive, ping_timeout);
             let deadline = self.next_deadline();
             let take_commands = conn.wbuf.len() < WBUF_HIGH && self.outbox.len() < OUTBOX_HIGH;
             let want_write = !conn.wbuf.is_empty() || conn.needs_flush;
@@ -683,6 +895,12 @@ impl Driver {
                             if n > 0 {
                                 add(&self.shared.stats.bytes_sent, n);
                                 conn.last_write = Instant::now();
+                                conn.written += n as u64;
+                                if let Ping::Queued { until, .. } = conn.ping {
+                                    if conn.written >= until {
+                                        conn.ping = Ping::Written(conn.last_write);
+                                    }
+                                }
                             }
                         }
                         Err(e) => return SessionEnd::Lost(self.io_error(&e, "writing to")),
@@ -716,14 +934,27 @@ impl Driver {
                     }
                 }
                 () = sleep_until_opt(ka_deadline) => {
-                    if conn.ping_sent.is_some() {
-                        return SessionEnd::Lost(Error::Timeout {
-                            what: "PINGREQ (keep-alive)".into(),
-                            after: ping_timeout,
-                        });
+                    match conn.ping {
+                        Ping::Idle => {
+                            self.write_packet(&mut conn, &Packet::PingReq);
+                            conn.ping = Ping::Queued {
+                                until: conn.written + conn.wbuf.len() as u64,
+                                at: Instant::now(),
+                            };
+                        }
+                        Ping::Queued { .. } => {
+                            return SessionEnd::Lost(Error::Timeout {
+                                what: "writing to the connection (a PINGREQ waits behind unwritten data and nothing was read or written)".into(),
+                                after: ping_timeout,
+                            });
+                        }
+                        Ping::Written(_) => {
+                            return SessionEnd::Lost(Error::Timeout {
+                                what: "PINGREQ (keep-alive): nothing was received".into(),
+                                after: ping_timeout,
+                            });
+                        }
                     }
-                    self.write_packet(&mut conn, &Packet::PingReq);
-                    conn.ping_sent = Some(Instant::now());
                 }
                 () = sleep_until_opt(deadline) => self.expire(Instant::now()),
                 () = space.notified(), if !self.acks.is_empty() => {
@@ -846,6 +1077,7 @@ impl Driver {
             if pkid == 0 {
                 self.complete(op, Ok(Vec::new()));
             } else {
+                self.sent_at.insert(pkid, Instant::now());
                 self.inflight.insert_at(pkid, q);
             }
         }
@@ -874,11 +1106,18 @@ impl Driver {
                     if let Err(e) = self.write_queued(conn, &mut q, pkid, true) {
                         log::error!("{e}");
                     }
+                    self.sent_at.insert(pkid, Instant::now());
                     self.inflight.insert_at(pkid, q);
                 }
             }
+            // Filters released while disconnected: the kept session still holds them.
+            let stale = self.shared.router().take_released_offline();
+            if !stale.is_empty() {
+                self.queue_unsubscribe(stale, None);
+            }
             return;
         }
+        self.shared.router().take_released_offline();
         // New session: the broker knows no subscription and no packet of ours. Re-subscribe
         // first, then resend everything that was in flight (as new packets), then the outbox.
         let old: Vec<Queued> = self
@@ -889,7 +1128,7 @@ impl Driver {
             .filter(|q| q.op() != 0 || matches!(q, Queued::Publish { .. }))
             .collect();
         let mut front: VecDeque<Queued> = VecDeque::new();
-        let filters = self.router.broker_filters();
+        let filters = self.shared.router().broker_filters();
         for chunk in filters.chunks(AWS_MAX_FILTERS_PER_SUBSCRIBE) {
             front.push_back(Queued::Subscribe {
                 filters: chunk.to_vec(),
@@ -1014,6 +1253,18 @@ impl Driver {
                         .collect();
                     if refused.is_empty() {
                         self.complete(op, Ok(codes));
+                    } else if op == 0 {
+                        // A re-SUBSCRIBE (session restore, QoS change) was refused: the
+                        // subscriptions holding these filters would receive nothing. End them
+                        // with the error instead.
+                        log::error!(
+                            "the broker refused the re-subscription to {refused:?}: those subscriptions end with SubscribeError"
+                        );
+                        let err = Error::SubscribeRefused {
+                            filters: refused.clone(),
+                        };
+                        let released = self.shared.router().fail_filters(&refused, &err);
+                        self.queue_release(released, None);
                     } else {
                         log::warn!("the broker refused the subscription to {refused:?}");
                         self.complete(op, Err(Error::SubscribeRefused { filters: refused }));
@@ -1032,7 +1283,7 @@ impl Driver {
             }
             Packet::PingResp => {
                 self.log_in(Entry::control(name, 0, size));
-                conn.ping_sent = None;
+                conn.ping = Ping::Idle;
                 Ok(())
             }
             other => {
@@ -1049,7 +1300,14 @@ impl Driver {
     /// an unknown packet id, or for an entry of another type, is logged and ignored.
     fn acknowledged(&mut self, pkid: u16, ack: &str, is: fn(&Queued) -> bool) -> Option<Queued> {
         match self.inflight.remove(pkid) {
-            Some(q) if is(&q) => Some(q),
+            Some(q) if is(&q) => {
+                self.sent_at.remove(&pkid);
+                if self.suspect.is_some() {
+                    // Something got through: the drops were not about this packet stream.
+                    self.suspect = None;
+                }
+                Some(q)
+            }
             Some(other) => {
                 log::warn!("{ack} for packet id {pkid}, which is in flight as another packet type: ignored");
                 self.inflight.insert_at(pkid, other);
@@ -1090,9 +1348,12 @@ impl Driver {
             retain: p.retain,
             dup: p.dup,
         };
-        let routed = self.router.route(&message);
+        let routed = self.shared.router().route(&message);
         if routed.dropped > 0 {
             add(&self.shared.stats.dropped, routed.dropped);
+        }
+        if routed.matched == 0 {
+            self.unrouted(&message.topic);
         }
         if qos == 1 {
             if routed.over.is_empty() && self.acks.is_empty() {
@@ -1106,6 +1367,26 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Counts a message no subscription took, with a rate-limited WARNING.
+    fn unrouted(&mut self, topic: &str) {
+        self.shared.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+        self.unrouted_since_warning += 1;
+        let now = Instant::now();
+        if self
+            .unrouted_warned
+            .is_some_and(|t| now.duration_since(t) < UNROUTED_WARN_EVERY)
+        {
+            return;
+        }
+        log::warn!(
+            "client {}: {} message(s) matched no subscription or messages() stream and were acknowledged unread (last on {topic:?}); stats()[\"unrouted\"] counts them. Open client.messages() before connect() to take a persistent session's stored messages",
+            self.cfg().client_id,
+            self.unrouted_since_warning
+        );
+        self.unrouted_warned = Some(now);
+        self.unrouted_since_warning = 0;
     }
 
     /// Sends the owed PUBACKs, in arrival order, whose queues are back within capacity.

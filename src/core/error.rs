@@ -98,9 +98,36 @@ pub enum Error {
         /// The refused filters.
         filters: Vec<String>,
     },
+    /// A SUBSCRIBE would make the connection hold more distinct filters than its cap
+    /// (`max_subscriptions`; AWS IoT allows 50 per connection).
+    #[error("{message}")]
+    SubscriptionLimit {
+        /// What was asked and what is allowed.
+        message: String,
+        /// The filters of the refused subscribe.
+        filters: Vec<String>,
+    },
+    /// The connection dropped right after the same operation was sent, several times in a row:
+    /// over MQTT 3.1.1 that is how AWS IoT answers an operation its policy forbids. The
+    /// operation is failed and no longer resent.
+    #[error("the connection was closed right after each of the last {count} attempts to {operation} {topic:?} (within {window:?} of sending it): the broker's policy probably forbids it; it will not be resent")]
+    PolicyViolationSuspected {
+        /// The topic (publish) or filter (subscribe).
+        topic: String,
+        /// `publish` or `subscribe`.
+        operation: &'static str,
+        /// How many connections in a row dropped.
+        count: u32,
+        /// The window after sending.
+        window: Duration,
+    },
     /// A bounded queue is full.
     #[error("{0}")]
     QueueFull(String),
+    /// The submission channel between the handle and the driver is momentarily full: waiting
+    /// for room (see `Client::wait_writable`) and retrying succeeds.
+    #[error("{0}")]
+    SubmissionFull(String),
     /// The client is not connected by the application (before `connect()` or after `disconnect()`).
     #[error("{0}")]
     Closed(String),

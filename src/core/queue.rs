@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::core::error::Error;
 use crate::core::message::Message;
 
 /// Tells the host that a source (subscription queue, client event queue) has something new.
@@ -39,13 +40,20 @@ pub struct Batch {
     pub messages: Vec<Message>,
     /// The queue is closed and empty: no more messages will come.
     pub closed: bool,
+    /// The queue is paused (its client was disconnected by the application) and empty: an
+    /// iteration in progress ends, but the subscription stays and resumes at the next connect.
+    pub paused: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Message>,
     closed: bool,
+    paused: bool,
     notified: bool,
+    /// Why the queue was closed, when it was not closed on purpose (for example the broker
+    /// refused its filter while a session was restored).
+    error: Option<Error>,
 }
 
 /// One subscription's bounded message queue.
@@ -141,12 +149,17 @@ impl SubscriptionQueue {
             s.notified = false;
         }
         let closed = s.closed && s.items.is_empty();
+        let paused = s.paused && !s.closed && s.items.is_empty();
         let now_within = s.items.len() <= self.capacity;
         drop(s);
         if was_over && now_within {
             self.space.notify_one();
         }
-        Batch { messages, closed }
+        Batch {
+            messages,
+            closed,
+            paused,
+        }
     }
 
     /// Whether the queue holds more than its capacity (the driver withholds PUBACKs).
@@ -169,12 +182,22 @@ impl SubscriptionQueue {
 
     /// Marks the queue closed: queued messages can still be taken, then `Batch::closed` is set.
     pub fn close(&self) {
+        self.close_inner(None);
+    }
+
+    /// Closes the queue because of `error` (the consumer sees it once the queue is drained).
+    pub fn close_with(&self, error: Error) {
+        self.close_inner(Some(error));
+    }
+
+    fn close_inner(&self, error: Option<Error>) {
         let wake = {
             let mut s = self.lock();
             if s.closed {
                 false
             } else {
                 s.closed = true;
+                s.error = error;
                 let wake = !s.notified;
                 s.notified = true;
                 wake
@@ -184,6 +207,42 @@ impl SubscriptionQueue {
             self.wake.wake(self.id);
         }
         self.space.notify_one();
+    }
+
+    /// The error the queue was closed with, if any.
+    #[must_use]
+    pub fn error(&self) -> Option<Error> {
+        self.lock().error.clone()
+    }
+
+    /// Pauses the queue (its client stopped): the consumer drains what is queued, then sees
+    /// `Batch::paused` until [`SubscriptionQueue::resume`]. Messages are still accepted.
+    pub fn pause(&self) {
+        let wake = {
+            let mut s = self.lock();
+            if s.closed || s.paused {
+                false
+            } else {
+                s.paused = true;
+                let wake = !s.notified;
+                s.notified = true;
+                wake
+            }
+        };
+        if wake {
+            self.wake.wake(self.id);
+        }
+    }
+
+    /// Ends a pause (the client connects again).
+    pub fn resume(&self) {
+        self.lock().paused = false;
+    }
+
+    /// Whether the queue is paused.
+    #[must_use]
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
     }
 
     /// Whether [`SubscriptionQueue::close`] was called.
@@ -278,5 +337,49 @@ mod tests {
         let b = q.pop_batch(10);
         assert_eq!(b.messages.len(), 1);
         assert!(b.closed);
+    }
+
+    #[test]
+    fn a_paused_queue_keeps_messages_and_reports_the_pause_only_when_empty() {
+        let wake = Arc::new(CountingWake::default());
+        let q = SubscriptionQueue::new(1, 5, wake.clone(), Arc::new(Notify::new()));
+        q.push(msg(1, 1));
+        q.pause();
+        let b = q.pop_batch(10);
+        assert_eq!(b.messages.len(), 1);
+        assert!(b.paused && !b.closed, "drained: the pause shows");
+        assert_eq!(q.push(msg(1, 2)), PushOutcome::Queued, "still accepts");
+        q.resume();
+        let b = q.pop_batch(10);
+        assert_eq!(b.messages.len(), 1);
+        assert!(!b.paused && !b.closed);
+        assert!(
+            !q.pop_batch(10).paused,
+            "resumed: an empty queue is just empty"
+        );
+    }
+
+    #[test]
+    fn pausing_an_idle_queue_wakes_its_consumer() {
+        let wake = Arc::new(CountingWake::default());
+        let q = SubscriptionQueue::new(1, 5, wake.clone(), Arc::new(Notify::new()));
+        q.pause();
+        assert_eq!(wake.0.load(Ordering::SeqCst), 1);
+        assert!(q.pop_batch(1).paused);
+    }
+
+    #[test]
+    fn a_queue_closed_with_an_error_keeps_it_for_the_consumer() {
+        let q = SubscriptionQueue::new(
+            1,
+            5,
+            Arc::new(CountingWake::default()),
+            Arc::new(Notify::new()),
+        );
+        q.close_with(Error::SubscribeRefused {
+            filters: vec!["a".into()],
+        });
+        assert!(q.pop_batch(1).closed);
+        assert!(matches!(q.error(), Some(Error::SubscribeRefused { .. })));
     }
 }

@@ -204,6 +204,26 @@ pub fn subscription_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether a message on `topic` reaches a subscription to `filter` under `limits`. With
+/// [`Limits::Mqtt`] this is [`subscription_matches`]. With [`Limits::Aws`] it follows what AWS
+/// IoT Core delivers: a trailing `/#` needs at least one more level, so `Sensor/#` matches
+/// `Sensor/` and `Sensor/a` but not `Sensor` itself (AWS's topic-filter table).
+#[must_use]
+pub fn delivered(filter: &str, topic: &str, limits: Limits) -> bool {
+    if !subscription_matches(filter, topic) {
+        return false;
+    }
+    if limits == Limits::Mqtt {
+        return true;
+    }
+    let inner = split_shared(filter).map_or(filter, |(_, inner)| inner);
+    match inner.strip_suffix("/#") {
+        // The parent level itself: MQTT matches it, AWS does not.
+        Some(parent) => topic != parent,
+        None => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +246,17 @@ mod tests {
         assert!(matches("Sensor/#", "Sensor"));
         assert!(matches("#", "a/b/c"));
         assert!(!matches("Sensor/#", "Other/temp"));
+    }
+
+    #[test]
+    fn on_aws_a_trailing_hash_does_not_match_the_parent_level() {
+        assert!(!delivered("Sensor/#", "Sensor", Limits::Aws));
+        assert!(delivered("Sensor/#", "Sensor/", Limits::Aws));
+        assert!(delivered("Sensor/#", "Sensor/a/b", Limits::Aws));
+        assert!(delivered("Sensor/#", "Sensor", Limits::Mqtt));
+        assert!(delivered("#", "Sensor", Limits::Aws));
+        assert!(!delivered("$share/g/Sensor/#", "Sensor", Limits::Aws));
+        assert!(!delivered("Other/#", "Sensor/a", Limits::Aws));
     }
 
     #[test]

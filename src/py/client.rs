@@ -26,43 +26,70 @@ use crate::py::credentials::{PyProvider, Target};
 /// Custom-authorizer fields for the CONNECT user name: (name, signature, (token key, token)).
 type AuthorizerArgs = (Option<String>, Option<String>, Option<(String, String)>);
 
-/// Completes one reply when every part of a batch has completed (first error wins).
+/// Completes one reply when every part of a batch has completed. Each part accounts for
+/// itself: a part whose submission failed (its reply dropped uncalled) still counts down, so a
+/// batch fails only for a real error, and the error says which items failed.
 struct Countdown {
     remaining: std::sync::atomic::AtomicUsize,
-    error: Mutex<Option<Error>>,
+    /// The first error and the batch indexes of every failed item.
+    failed: Mutex<(Option<Error>, Vec<usize>)>,
     reply: Mutex<Option<crate::core::Reply<()>>>,
+    /// Index of this chunk's first item in the caller's whole batch.
+    offset: usize,
+}
+
+/// One item's share of a [`Countdown`]: released exactly once, when its reply is called or
+/// dropped uncalled.
+struct Part {
+    countdown: Arc<Countdown>,
+    index: usize,
+}
+
+impl Part {
+    fn done(self, result: crate::core::Result<()>) {
+        if let Err(e) = result {
+            self.countdown.fail(self.index, e);
+        }
+        // Drop releases.
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        self.countdown.release();
+    }
 }
 
 impl Countdown {
-    fn new(reply: crate::core::Reply<()>) -> Arc<Self> {
+    fn new(reply: crate::core::Reply<()>, offset: usize) -> Arc<Self> {
         Arc::new(Self {
             // One extra count for the submission itself, released by `done_submitting`.
             remaining: std::sync::atomic::AtomicUsize::new(1),
-            error: Mutex::new(None),
+            failed: Mutex::new((None, Vec::new())),
             reply: Mutex::new(Some(reply)),
+            offset,
         })
     }
 
-    fn part(self: &Arc<Self>) -> crate::core::Reply<()> {
+    fn part(self: &Arc<Self>, index: usize) -> crate::core::Reply<()> {
         self.remaining
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let this = Arc::clone(self);
-        Box::new(move |r: crate::core::Result<()>| {
-            if let Err(e) = r {
-                this.fail(e);
-            }
-            this.release();
-        })
+        let part = Part {
+            countdown: Arc::clone(self),
+            index,
+        };
+        Box::new(move |r: crate::core::Result<()>| part.done(r))
     }
 
-    fn fail(&self, e: Error) {
-        let mut first = self
-            .error
+    fn fail(&self, index: usize, e: Error) {
+        let mut failed = self
+            .failed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if first.is_none() {
-            *first = Some(e);
+        if failed.0.is_none() {
+            failed.0 = Some(e);
         }
+        failed.1.push(self.offset + index);
     }
 
     fn done_submitting(&self) {
@@ -80,15 +107,39 @@ impl Countdown {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
-            let error = self
-                .error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
+            let (error, mut indexes) = std::mem::take(
+                &mut *self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            indexes.sort_unstable();
             if let Some(r) = reply {
-                r(error.map_or(Ok(()), Err));
+                r(error.map_or(Ok(()), |e| Err(batch_error(&e, &indexes))));
             }
         }
+    }
+}
+
+/// The first error of a batch, its message extended with which items failed.
+fn batch_error(first: &Error, indexes: &[usize]) -> Error {
+    let shown: Vec<String> = indexes.iter().take(10).map(ToString::to_string).collect();
+    let more = if indexes.len() > 10 { ", ..." } else { "" };
+    let note = format!(
+        " ({} message(s) of this publish_many failed, at index {}{more})",
+        indexes.len(),
+        shown.join(", ")
+    );
+    match first {
+        Error::Timeout { what, after } => Error::Timeout {
+            what: format!("{what}{note}"),
+            after: *after,
+        },
+        Error::Disconnected(m) => Error::Disconnected(format!("{m}{note}")),
+        Error::Closed(m) => Error::Closed(format!("{m}{note}")),
+        Error::QueueFull(m) | Error::SubmissionFull(m) => Error::QueueFull(format!("{m}{note}")),
+        Error::Protocol(m) => Error::Protocol(format!("{m}{note}")),
+        other => other.clone(),
     }
 }
 
@@ -103,11 +154,7 @@ use crate::py::subscription::SubscriptionRef;
 pub static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
 
 fn seconds(what: &str, v: f64) -> crate::core::Result<Duration> {
-    Duration::try_from_secs_f64(v).map_err(|_| {
-        Error::Config(format!(
-            "{what} must be a finite number of seconds ≥ 0, not {v}"
-        ))
-    })
+    crate::core::config::duration_from_secs(what, v)
 }
 
 /// Forwards lifecycle events to the notifier of the loop the client was last connected from.
@@ -147,7 +194,8 @@ impl ClientRef {
         username, password, keep_alive, clean_session, will, limits, operation_timeout,
         connect_timeout, reconnect, offline_limit, offline_qos0, log_file, inflight,
         websocket=false, ws_headers=Vec::new(), ws_query=Vec::new(), sigv4_region=None,
-        sigv4_keys=None, sigv4_callable=false, authorizer=None
+        sigv4_keys=None, sigv4_callable=false, authorizer=None, max_subscriptions=None,
+        policy_check=Some((3, 2.0))
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -180,10 +228,18 @@ impl ClientRef {
         sigv4_keys: Option<(String, String, Option<String>)>,
         sigv4_callable: bool,
         authorizer: Option<AuthorizerArgs>,
+        max_subscriptions: Option<usize>,
+        policy_check: Option<(u32, f64)>,
     ) -> PyResult<Self> {
         let sink = Arc::new(SwitchSink::default());
         let build = || -> crate::core::Result<ClientConfig> {
             let limits = Limits::parse(limits)?;
+            let secret_in_upgrade = !ws_headers.is_empty() || !ws_query.is_empty();
+            if !tls && (sigv4_region.is_some() || authorizer.is_some() || secret_in_upgrade) {
+                return Err(Error::Config(
+                    "tls=False cannot be used with SigV4Auth or CustomAuth: their signature, session token or authorizer token would travel in cleartext (keep tls=True; plain TCP is only for local brokers without auth objects)".into(),
+                ));
+            }
             let tls_config = if tls {
                 let client_auth = match (cert_pem, key_pem) {
                     (Some(cert_pem), Some(key_pem)) => Some(ClientIdentity {
@@ -306,6 +362,14 @@ impl ClientRef {
             };
             cfg.log_file = log_file;
             cfg.inflight = inflight;
+            cfg.max_subscriptions = max_subscriptions;
+            cfg.policy_check = match policy_check {
+                Some((count, window)) => Some(crate::core::config::PolicyCheck {
+                    count,
+                    window: seconds("PolicyViolationCheck.window", window)?,
+                }),
+                None => None,
+            };
             Ok(cfg)
         };
         let config = build().py(py)?;
@@ -429,7 +493,7 @@ impl ClientRef {
     /// when the submission queue filled up (wait with `wait_writable`, then submit the rest).
     /// With `token`, that future completes when every queued publish completed (QoS 1: at its
     /// PUBACK), with the first error if one failed.
-    #[pyo3(signature = (items, qos, retain, token=None))]
+    #[pyo3(signature = (items, qos, retain, token=None, offset=0))]
     fn publish_many(
         &self,
         py: Python<'_>,
@@ -437,6 +501,7 @@ impl ClientRef {
         qos: i64,
         retain: bool,
         token: Option<u64>,
+        offset: usize,
     ) -> PyResult<usize> {
         check_pid(self.pid)?;
         let qos = QoS::from_u8(qos).py(py)?;
@@ -445,28 +510,29 @@ impl ClientRef {
             self.client.config().check_payload(payload.len()).py(py)?;
         }
         let countdown = match token {
-            Some(t) => Some(Countdown::new(notifier::reply(
-                &self.notifier(py)?,
-                t,
-                |()| Output::Unit,
-            ))),
+            Some(t) => Some(Countdown::new(
+                notifier::reply(&self.notifier(py)?, t, |()| Output::Unit),
+                offset,
+            )),
             None => None,
         };
         let mut queued = 0;
-        for (topic, payload) in items {
-            let reply = countdown.as_ref().map(Countdown::part);
+        for (index, (topic, payload)) in items.into_iter().enumerate() {
+            let reply = countdown.as_ref().map(|c| c.part(index));
             match self
                 .client
                 .publish(topic, Bytes::from(payload), qos, retain, reply)
             {
                 Ok(()) => queued += 1,
-                Err(Error::QueueFull(_)) if self.client.busy() => break,
+                // The submission channel is full: report how many were queued; the caller
+                // waits for room and submits the rest (even when that is all of them).
+                Err(Error::SubmissionFull(_)) => break,
                 Err(e) => {
-                    if let Some(c) = &countdown {
-                        c.fail(e.clone());
-                    }
                     if queued == 0 {
                         return Err(crate::py::errors::to_pyerr(py, &e));
+                    }
+                    if let Some(c) = &countdown {
+                        c.fail(index, e);
                     }
                     break;
                 }
@@ -524,7 +590,7 @@ impl ClientRef {
         check_pid(self.pid)?;
         let n = self.notifier(py)?;
         let queue = self.new_queue(&n, queue_size.max(1));
-        self.client.subscribe_all(Arc::clone(&queue)).py(py)?;
+        self.client.subscribe_all(Arc::clone(&queue));
         Ok(self.subscription(n, queue))
     }
 
@@ -617,6 +683,7 @@ impl ClientRef {
         d.set_item("queued", s.queued)?;
         d.set_item("dropped", s.dropped)?;
         d.set_item("reconnects", s.reconnects)?;
+        d.set_item("unrouted", s.unrouted)?;
         Ok(d)
     }
 }

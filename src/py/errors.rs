@@ -20,8 +20,9 @@ fn kind(e: &Error) -> &'static str {
         Error::Refused { .. } | Error::Connect(_) => "ConnectError",
         Error::Disconnected(_) => "DisconnectedError",
         Error::Timeout { .. } => "OperationTimeout",
-        Error::SubscribeRefused { .. } => "SubscribeError",
-        Error::QueueFull(_) => "QueueFullError",
+        Error::SubscribeRefused { .. } | Error::SubscriptionLimit { .. } => "SubscribeError",
+        Error::PolicyViolationSuspected { .. } => "PolicyViolationSuspected",
+        Error::QueueFull(_) | Error::SubmissionFull(_) => "QueueFullError",
         Error::Closed(_) => "ClientClosedError",
         Error::Protocol(_) => "ProtocolError",
         _ => "AwsIotError",
@@ -50,7 +51,16 @@ pub fn exception<'py>(py: Python<'py>, e: &Error) -> Bound<'py, PyAny> {
                 };
                 extra.set_item("return_code", code)?;
             }
-            Error::SubscribeRefused { filters } => extra.set_item("filters", filters.clone())?,
+            Error::SubscribeRefused { filters } | Error::SubscriptionLimit { filters, .. } => {
+                extra.set_item("filters", filters.clone())?;
+            }
+            Error::PolicyViolationSuspected {
+                topic, operation, ..
+            } => {
+                extra.set_item("topic", topic)?;
+                extra.set_item("operation", *operation)?;
+            }
+            Error::SubmissionFull(_) => extra.set_item("retry_when_writable", true)?,
             Error::PayloadTooLarge { size, max, .. } => {
                 extra.set_item("size", size)?;
                 extra.set_item("max", max)?;

@@ -41,15 +41,32 @@ impl SubscriptionRef {
         self.queue.len()
     }
 
-    /// Takes up to `max` messages: `(messages, closed)`; `closed` means no more will come.
-    fn pop_batch<'py>(&self, py: Python<'py>, max: usize) -> PyResult<(Bound<'py, PyList>, bool)> {
+    /// Takes up to `max` messages: `(messages, state)`. `state` is 0 while open, 1 when the
+    /// queue is empty and paused (the client was disconnected: an iteration ends, the
+    /// subscription stays and resumes at the next connect), 2 when it is closed and empty (no
+    /// more messages will come; `error` tells why if it was not closed on purpose).
+    fn pop_batch<'py>(&self, py: Python<'py>, max: usize) -> PyResult<(Bound<'py, PyList>, u8)> {
         check_pid(self.pid)?;
         let batch = self.queue.pop_batch(max);
         let list = PyList::empty(py);
         for m in &batch.messages {
             list.append(PyMessage::from_core(py, m))?;
         }
-        Ok((list, batch.closed))
+        let state = if batch.closed {
+            2
+        } else {
+            u8::from(batch.paused)
+        };
+        Ok((list, state))
+    }
+
+    /// The exception the subscription ended with (a refused re-subscription, a suspected
+    /// policy violation), or None.
+    #[getter]
+    fn error<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.queue
+            .error()
+            .map(|e| crate::py::errors::exception(py, &e))
     }
 
     /// Ends the subscription; future `token` (if given) completes at UNSUBACK.
