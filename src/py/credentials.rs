@@ -41,36 +41,51 @@ impl CredentialsProvider for PyProvider {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let (tx, rx) = oneshot::channel();
-        let request = NEXT.fetch_add(1, Ordering::Relaxed);
-        let asked = match target {
-            Some((inner, client)) => {
-                waiting().insert(request, tx);
-                inner.request_credentials(client, request);
-                true
-            }
-            None => false,
-        };
-        Box::pin(async move {
-            if !asked {
-                return Err(Error::Auth(
+        match target {
+            Some((inner, client)) => ask(|request| inner.request_credentials(client, request)),
+            None => Box::pin(async {
+                Err(Error::Auth(
                     "the credentials provider cannot run: the client is not bound to an event loop"
                         .into(),
-                ));
-            }
-            let answer = rx.await.unwrap_or_else(|_| {
-                Err(Error::Auth(
-                    "the credentials provider gave no answer".into(),
                 ))
-            });
-            waiting().remove(&request);
-            answer
-        })
+            }),
+        }
     }
 }
 
+/// A request's entry in `WAITING`, removed when the waiting future goes away: answered, timed
+/// out (the connection attempt gave up) or dropped before it was ever polled. A provider that
+/// never answers thus leaves nothing behind.
+struct Pending(u64);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let tx = waiting().remove(&self.0);
+        drop(tx); // outside the lock
+    }
+}
+
+/// Registers a new request, hands its id to `send` (which asks the loop) and returns the future
+/// of the answer.
+fn ask(send: impl FnOnce(u64)) -> CredentialsFuture {
+    let (tx, rx) = oneshot::channel();
+    let request = NEXT.fetch_add(1, Ordering::Relaxed);
+    waiting().insert(request, tx);
+    let pending = Pending(request);
+    send(request);
+    Box::pin(async move {
+        let _pending = pending;
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Auth(
+                "the credentials provider gave no answer".into(),
+            ))
+        })
+    })
+}
+
 fn answer(request: u64, result: Result<AwsCredentials>) {
-    if let Some(tx) = waiting().remove(&request) {
+    let tx = waiting().remove(&request);
+    if let Some(tx) = tx {
         let _ = tx.send(result);
     }
 }
@@ -103,4 +118,57 @@ pub fn provide_credentials(
 #[pyfunction]
 pub fn fail_credentials(request: u64, message: String) {
     answer(request, Err(Error::Auth(message)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_waiting(request: u64) -> bool {
+        waiting().contains_key(&request)
+    }
+
+    fn ask_recording() -> (CredentialsFuture, u64) {
+        let mut asked = None;
+        let fut = ask(|r| asked = Some(r));
+        (fut, asked.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_request_that_times_out_leaves_no_entry_behind() {
+        let (fut, request) = ask_recording();
+        assert!(is_waiting(request));
+        let r = tokio::time::timeout(Duration::from_millis(20), fut).await;
+        assert!(r.is_err(), "the provider never answered");
+        assert!(!is_waiting(request), "the abandoned request is forgotten");
+        // A late answer finds nothing to complete and is ignored.
+        fail_credentials(request, "late".into());
+        assert!(!is_waiting(request));
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_being_polled_leaves_no_entry_behind() {
+        let (fut, request) = ask_recording();
+        assert!(is_waiting(request));
+        drop(fut);
+        assert!(!is_waiting(request));
+    }
+
+    #[tokio::test]
+    async fn answered_requests_complete_and_are_removed() {
+        let (fut, request) = ask_recording();
+        provide_credentials(request, "AKID".into(), "s".into(), None, Some(1e9));
+        assert!(!is_waiting(request));
+        let creds = fut.await.unwrap();
+        assert_eq!(creds.access_key_id, "AKID");
+        assert_eq!(
+            creds.expiry,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+        );
+        let (fut, request) = ask_recording();
+        fail_credentials(request, "no credentials today".into());
+        let err = fut.await.err().unwrap();
+        assert!(matches!(err, Error::Auth(m) if m == "no credentials today"));
+        assert!(!is_waiting(request));
+    }
 }
