@@ -3,8 +3,8 @@
 Each fake is an ordinary MQTT client (paho-mqtt 2.x, threaded ``loop_start()``)
 attached to a broker, normally the session mosquitto from ``tests/conftest.py``.
 It subscribes to the AWS request topics and answers on the AWS response
-topics with the payload shapes of the AWS IoT Developer Guide (see
-``/work/shared/docs/aws-iot-reference.md`` E3, E5, E6), so it is completely
+topics with the payload shapes of the AWS IoT Developer Guide (Device Shadow
+service documents, fleet provisioning MQTT API, jobs MQTT API), so it is completely
 independent of the client under test::
 
     with ShadowService(broker.host, broker.port) as shadow:
