@@ -358,3 +358,13 @@ async def test_with_aws_limits_a_trailing_hash_does_not_route_the_parent_topic(p
         assert got[0].payload == b"child"
         await eventually(lambda: c.stats()["unrouted"] == 1)
         assert sub.pending() == 0
+
+
+async def test_a_service_request_waiting_for_its_answer_fails_at_disconnect(plain_client):
+    c = plain_client()
+    await c.connect()
+    waiting = asyncio.ensure_future(c.shadow(f"nobody-answers-{uuid.uuid4().hex[:8]}").get(timeout=60))
+    await eventually(lambda: c.stats()["messages_sent"] == 1)  # the request went out
+    await c.disconnect()
+    with pytest.raises(awsiot_rs.ClientClosedError):
+        await asyncio.wait_for(waiting, 5)

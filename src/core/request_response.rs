@@ -163,6 +163,14 @@ impl State {
         (pair, gone.into_iter().map(|(_, p)| p).collect())
     }
 
+    /// Takes the requests waiting on pair `id`, keeping the pair itself.
+    fn take_pending_of(&mut self, id: u64) -> Vec<Pending> {
+        let (gone, keep): (Vec<_>, Vec<_>) =
+            self.pending.drain(..).partition(|(_, p)| p.pair == id);
+        self.pending = keep.into_iter().collect();
+        gone.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// Forgets the pairs whose subscription the driver ended (queue closed); returns the
     /// requests that waited on them.
     fn take_closed(&mut self) -> Vec<Pending> {
@@ -568,6 +576,11 @@ impl Requests {
                 // The driver ended this subscription (disconnect, or the application
                 // unsubscribed its topics): the next request subscribes anew.
                 let (_, failed) = self.lock().remove_pair(pair);
+                fail_all(failed, &subscription_ended());
+            } else if batch.paused {
+                // The application disconnected: the pair stays (re-subscribed at the next
+                // connect), but nobody waits past disconnect() for an answer.
+                let failed = self.lock().take_pending_of(pair);
                 fail_all(failed, &subscription_ended());
             } else if !queue.is_empty() {
                 more = true;
