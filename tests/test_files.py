@@ -139,3 +139,31 @@ def test_saving_onto_a_directory_fails_cleanly(issued, tmp_path):
     leftovers = sorted(n for n in os.listdir(tmp_path) if n not in ("device.pem.crt", "private.pem.key"))
     assert leftovers == [], leftovers
     assert (tmp_path / "private.pem.key").is_dir()
+
+
+# --- the traffic log ---------------------------------------------------------------------
+
+
+@pytest.mark.broker
+async def test_the_traffic_log_a_client_creates_is_owner_only(broker, tmp_path, unique_topic):
+    log = tmp_path / "traffic.log"
+    old = os.umask(0)  # a permissive umask must not make the log readable by others
+    try:
+        c = awsiot_rs.Client("localhost", port=broker.port, tls=False, log_file=log)
+    finally:
+        os.umask(old)
+    async with c:
+        await c.publish(unique_topic, b"x", qos=1)
+    assert is_regular(log) and mode(log) == 0o600, oct(mode(log))
+    assert "PUBLISH" in log.read_text()
+
+
+@pytest.mark.broker
+async def test_an_existing_traffic_log_keeps_its_mode(broker, tmp_path, unique_topic):
+    log = tmp_path / "traffic.log"
+    log.write_text("")
+    log.chmod(0o640)
+    async with awsiot_rs.Client("localhost", port=broker.port, tls=False, log_file=log) as c:
+        await c.publish(unique_topic, b"x", qos=1)
+    assert mode(log) == 0o640
+    assert "PUBLISH" in log.read_text()
