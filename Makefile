@@ -32,8 +32,9 @@ typecheck: ## mypy --strict on the package and stubtest of the native stubs (aft
 	$(PYTHON) -m mypy.stubtest awsiot_rs._native --allowlist tests/stubtest-allowlist.txt
 
 .PHONY: test-core
-test-core: ## Rust tests of the pure core (no Python)
+test-core: ## Rust tests of the pure core (no Python), then the binding's own unit tests
 	cargo test --no-default-features
+	cargo test --features python --lib py::
 
 .PHONY: test-py
 test-py: ## pytest against a private mosquitto (fails if no test ran)

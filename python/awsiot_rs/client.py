@@ -229,6 +229,7 @@ class Client:
         self._endpoint = endpoint
         self._port = port
         self._operation_timeout = _seconds("operation_timeout", operation_timeout)
+        self._connect_timeout = _seconds("connect_timeout", connect_timeout)
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._dispatcher: Dispatcher | None = None
@@ -613,7 +614,9 @@ class Client:
             try:
                 result = provider()
                 if inspect.isawaitable(result):
-                    result = await result
+                    # The connection attempt waits at most connect_timeout for the answer; a
+                    # provider that never answers must not leave a task behind per attempt.
+                    result = await asyncio.wait_for(result, self._connect_timeout)
                 if not isinstance(result, Credentials):
                     raise TypeError(f"the credentials provider returned {type(result).__name__}, not Credentials")
                 _native.provide_credentials(
