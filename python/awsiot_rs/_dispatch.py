@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -14,7 +15,11 @@ from . import _native
 
 logger = logging.getLogger("awsiot_rs")
 
-__all__ = ["Dispatcher", "dispatcher_for", "flush_logs", "logger"]
+__all__ = ["MAX_ITEMS_PER_WAKEUP", "Dispatcher", "dispatcher_for", "flush_logs", "logger"]
+
+#: Items (results, subscription wake-ups, lifecycle events) handled per loop turn at most. The
+#: rest waits for the next turn, so a continuous inflow cannot starve other tasks and I/O.
+MAX_ITEMS_PER_WAKEUP = 256
 
 
 class _EventTarget(Protocol):
@@ -30,7 +35,17 @@ def flush_logs() -> None:
 
 
 class Dispatcher:
-    """Owns the loop's native notifier and routes what it reports."""
+    """Owns the loop's native notifier and routes what it reports.
+
+    Exception safety: items drained from the notifier go to a backlog and are taken one at a
+    time, so an exception escaping a callback (``KeyboardInterrupt``, ``SystemExit``,
+    ``CancelledError``, any ``BaseException``) costs only the item that raised: it still
+    propagates (to the loop, which stops on ``KeyboardInterrupt``/``SystemExit`` and reports the
+    others to its exception handler), and the rest of the batch is handled on the next turn.
+    The native notifier stays "signalled" (no wake-up byte) until a ``drain()`` comes back
+    empty, so whenever a turn ends before that (budget spent, or an exception) the dispatcher
+    schedules its own continuation with ``loop.call_soon``: the wake-up is always re-armed.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -38,6 +53,8 @@ class Dispatcher:
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._sources: dict[int, weakref.WeakMethod[Callable[[], None]]] = {}
         self._clients: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._backlog: deque[tuple[Any, ...]] = deque()
+        self._continuation: asyncio.Handle | None = None
         self._tokens = itertools.count(1)
         #: An already-completed future: what QoS 0 ``publish`` returns (no allocation per call).
         self.done: asyncio.Future[None] = loop.create_future()
@@ -70,38 +87,58 @@ class Dispatcher:
         return token
 
     def _on_readable(self) -> None:
+        self._pump()
+
+    def _resume(self) -> None:
+        self._continuation = None
+        self._pump()
+
+    def _pump(self) -> None:
+        """Handles up to ``MAX_ITEMS_PER_WAKEUP`` items, then yields to the loop."""
+        backlog = self._backlog
+        idle = False
         try:
-            while True:
-                items = self.native.drain()
-                if not items:
-                    return
-                self._dispatch(items)
+            for _ in range(MAX_ITEMS_PER_WAKEUP):
+                if not backlog:
+                    # One statement: the drained items are in the backlog before any other
+                    # Python code (or a signal handler) can run.
+                    backlog.extend(self.native.drain())
+                    if not backlog:
+                        idle = True  # an empty drain re-armed the native wake-up
+                        return
+                self._dispatch(backlog.popleft())
         finally:
+            if not idle and self._continuation is None:
+                # Budget spent or a callback raised: nothing re-arms the notifier until a
+                # drain() comes back empty, so continue on the next turn.
+                self._continuation = self.loop.call_soon(self._resume)
             flush_logs()
 
-    def _dispatch(self, items: list[tuple[Any, ...]]) -> None:
-        for item in items:
-            kind = item[0]
-            if kind == "ready":
-                ref = self._sources.get(item[1])
-                callback = ref() if ref is not None else None
-                if callback is not None:
-                    try:
-                        callback()
-                    except Exception:  # pragma: no cover - callbacks guard themselves
-                        logger.exception("awsiot_rs: subscription wake-up failed")
-            elif kind == "op":
-                fut = self._futures.pop(item[1], None)
-                if fut is None or fut.done():
-                    continue  # cancelled or timed out by the caller: the result is not wanted
-                if item[2]:
-                    fut.set_result(item[3])
-                else:
-                    fut.set_exception(item[3])
+    def _dispatch(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "ready":
+            ref = self._sources.get(item[1])
+            callback = ref() if ref is not None else None
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:  # pragma: no cover - callbacks guard themselves
+                    logger.exception("awsiot_rs: subscription wake-up failed")
+        elif kind == "op":
+            fut = self._futures.pop(item[1], None)
+            if fut is None or fut.done():
+                return  # cancelled or timed out by the caller: the result is not wanted
+            if item[2]:
+                fut.set_result(item[3])
             else:
-                client = self._clients.get(item[1])
-                if client is not None:
+                fut.set_exception(item[3])
+        else:
+            client = self._clients.get(item[1])
+            if client is not None:
+                try:
                     client._on_lifecycle(item)
+                except Exception:  # pragma: no cover - the client guards its callbacks
+                    logger.exception("awsiot_rs: lifecycle event handling failed")
 
 
 _DISPATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dispatcher] = (

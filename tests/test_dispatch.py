@@ -1,0 +1,196 @@
+"""The per-loop dispatcher (``awsiot_rs._dispatch``): exception safety, fairness and
+bookkeeping, checked end to end against the session mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+import awsiot_rs
+from awsiot_rs import _dispatch
+
+pytestmark = pytest.mark.broker
+
+
+class Boom(BaseException):
+    """A BaseException that is neither KeyboardInterrupt nor SystemExit: asyncio reports it
+    through the loop's exception handler instead of stopping the loop."""
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time (the loop's dispatcher hangs?)")
+        await asyncio.sleep(0.01)
+
+
+class CapturedLoopErrors:
+    """Records what reaches the running loop's exception handler (restored on exit)."""
+
+    def __init__(self) -> None:
+        self.exceptions: list[BaseException | None] = []
+        self._loop = asyncio.get_running_loop()
+        self._old = self._loop.get_exception_handler()
+
+    def __enter__(self) -> CapturedLoopErrors:
+        def record(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            self.exceptions.append(context.get("exception"))
+
+        self._loop.set_exception_handler(record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.set_exception_handler(self._old)
+
+
+async def assert_loop_still_delivers(c: awsiot_rs.Client, topic: str, got: list[bytes]) -> None:
+    """QoS 1 futures complete, callback and iterator subscriptions keep receiving."""
+    it = await asyncio.wait_for(c.subscribe(topic, qos=1), 5)
+    for i in range(3):
+        await asyncio.wait_for(c.publish(topic, f"after-{i}".encode(), qos=1), 5)
+    await wait_until(lambda: got[-3:] == [b"after-0", b"after-1", b"after-2"])
+
+    async def take(n: int) -> list[bytes]:
+        out = []
+        async for m in it:
+            out.append(m.payload)
+            if len(out) == n:
+                break
+        return out
+
+    assert await asyncio.wait_for(take(3), 5) == [b"after-0", b"after-1", b"after-2"]
+
+
+# (9) exception safety --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc_type", [Boom, asyncio.CancelledError])
+async def test_base_exception_from_a_subscription_callback_loses_nothing(
+    plain_client, unique_topic, exc_type
+):
+    got: list[bytes] = []
+    raised = []
+
+    def callback(m: awsiot_rs.Message) -> None:
+        if m.payload == b"boom" and not raised:
+            raised.append(True)
+            raise exc_type("from a subscription callback")
+        got.append(m.payload)
+
+    with CapturedLoopErrors() as errors:
+        c = plain_client()
+        await asyncio.wait_for(c.connect(), 5)
+        try:
+            await c.subscribe(unique_topic, qos=1, callback=callback)
+            await asyncio.wait_for(c.publish(unique_topic, b"boom", qos=1), 5)
+            await wait_until(lambda: bool(raised))
+            await assert_loop_still_delivers(c, unique_topic, got)
+        finally:
+            await asyncio.wait_for(c.disconnect(), 5)
+    assert any(isinstance(e, exc_type) for e in errors.exceptions), "it still propagates"
+
+
+async def test_base_exception_from_a_lifecycle_callback_loses_nothing(plain_client, unique_topic):
+    raised = []
+
+    def on_connect(_event: object) -> None:
+        if not raised:
+            raised.append(True)
+            raise Boom("from on_connect")
+
+    got: list[bytes] = []
+    with CapturedLoopErrors() as errors:
+        c = plain_client(on_connect=on_connect)
+        # The connect result and the "connected" event travel together: the event raising must
+        # not lose the result (nor anything after it).
+        await asyncio.wait_for(c.connect(), 5)
+        try:
+            await wait_until(lambda: bool(raised))
+            await c.subscribe(unique_topic, qos=1, callback=lambda m: got.append(m.payload))
+            await assert_loop_still_delivers(c, unique_topic, got)
+        finally:
+            await asyncio.wait_for(c.disconnect(), 5)
+    assert any(isinstance(e, Boom) for e in errors.exceptions)
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_in_a_callback_interrupts_then_the_loop_keeps_working(
+    plain_client, unique_topic, exc_type
+):
+    """Jupyter style: Ctrl-C lands in a callback, run_until_complete raises KeyboardInterrupt,
+    the next cell reuses the same loop and client."""
+    loop = asyncio.new_event_loop()
+    got: list[bytes] = []
+    interrupted = []
+
+    def callback(m: awsiot_rs.Message) -> None:
+        if m.payload == b"interrupt" and not interrupted:
+            interrupted.append(True)
+            raise exc_type
+        got.append(m.payload)
+
+    c = plain_client()
+
+    async def first_cell() -> None:
+        await c.connect()
+        await c.subscribe(unique_topic, qos=1, callback=callback)
+        await c.publish(unique_topic, b"interrupt", qos=1)
+        await asyncio.sleep(30)  # interrupted long before
+
+    async def second_cell() -> None:
+        try:
+            await assert_loop_still_delivers(c, unique_topic, got)
+        finally:
+            await asyncio.wait_for(c.disconnect(), 5)
+
+    try:
+        task = loop.create_task(first_cell())
+        with pytest.raises(exc_type):
+            loop.run_until_complete(task)
+        assert interrupted
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        loop.run_until_complete(second_cell())
+    finally:
+        loop.close()
+
+
+# (9) fairness ----------------------------------------------------------------------------------
+
+
+async def test_a_flood_of_wake_ups_lets_other_tasks_run(plain_client, unique_topic):
+    """Many subscriptions become ready at once: the dispatcher works through them in bounded
+    slices, so an unrelated task keeps running while the callbacks are delivered."""
+    n = 3 * _dispatch.MAX_ITEMS_PER_WAKEUP
+    ticks = 0
+    seen: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    async with plain_client() as c:
+        subs = [
+            await c.subscribe(unique_topic, qos=0, callback=lambda _m: seen.append(ticks))
+            for _ in range(n)
+        ]
+        background = asyncio.create_task(ticker())
+        try:
+            await asyncio.sleep(0)
+            await c.publish(unique_topic, b"x", qos=0)
+            # Hold the loop (synchronously) until every subscription has its message queued, so
+            # all n wake-ups are waiting for the dispatcher when the loop gets control back.
+            deadline = time.monotonic() + 10
+            while not all(s.pending() for s in subs):
+                assert time.monotonic() < deadline, "the broker did not deliver"
+                time.sleep(0.001)
+            await wait_until(lambda: len(seen) == n)
+        finally:
+            background.cancel()
+    assert max(seen) > min(seen), "the ticker task never ran while the wake-ups were dispatched"
