@@ -4,6 +4,7 @@ bookkeeping, checked end to end against the session mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -194,3 +195,27 @@ async def test_a_flood_of_wake_ups_lets_other_tasks_run(plain_client, unique_top
         finally:
             background.cancel()
     assert max(seen) > min(seen), "the ticker task never ran while the wake-ups were dispatched"
+
+
+# (15b) bookkeeping -----------------------------------------------------------------------------
+
+
+async def test_dropped_subscriptions_leave_the_dispatcher_source_table(plain_client, unique_topic):
+    d = _dispatch.dispatcher_for(asyncio.get_running_loop())
+    async with plain_client() as c:
+        await c.subscribe(unique_topic, qos=1)  # warm up, dropped at once
+        gc.collect()
+        baseline = len(d._sources)
+        for _ in range(50):
+            c.messages()  # never read, never closed
+            await c.subscribe(unique_topic, qos=1)
+        # Pending messages for sources that are gone must not matter either.
+        await asyncio.wait_for(c.publish(unique_topic, b"late", qos=1), 5)
+        gc.collect()
+        await asyncio.sleep(0.1)
+        gc.collect()
+        assert len(d._sources) <= baseline
+        live = await c.subscribe(unique_topic, qos=1)
+        assert len(d._sources) == baseline + 1
+        await c.publish(unique_topic, b"still", qos=1)
+        assert (await asyncio.wait_for(live.__anext__(), 5)).payload == b"still"

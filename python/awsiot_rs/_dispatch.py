@@ -73,8 +73,16 @@ class Dispatcher:
         self._futures.pop(token, None)
 
     def add_source(self, source: int, on_ready: Callable[[], None]) -> None:
-        """Calls ``on_ready()`` when subscription ``source`` has messages (weakly held)."""
-        self._sources[source] = weakref.WeakMethod(on_ready)
+        """Calls ``on_ready()`` when subscription ``source`` has messages (weakly held: the
+        entry goes away by itself when the subscription object dies unclosed)."""
+        this = weakref.ref(self)
+
+        def forget(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
+            d = this()
+            if d is not None and d._sources.get(source) is ref:
+                d._sources.pop(source, None)
+
+        self._sources[source] = weakref.WeakMethod(on_ready, forget)
 
     def remove_source(self, source: int) -> None:
         """Stops reporting ``source``."""
