@@ -104,7 +104,7 @@ class ClientRef:
         sigv4_callable: bool = False,
         authorizer: tuple[str | None, str | None, tuple[str, str] | None] | None = None,
         max_subscriptions: int | None = None,
-        policy_check: tuple[int, float] | None = (3, 2.0),
+        policy_check: tuple[int, float] | None = ...,
     ) -> ClientRef: ...
     @property
     def client_id(self) -> str: ...
