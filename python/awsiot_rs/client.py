@@ -24,15 +24,15 @@ from .config import (
     Will,
     encode_payload,
 )
+from ._requests import Requester
 from .errors import ClientClosedError, ConfigError, QueueFullError
+from .jobs import Jobs
+from .provisioning import FleetProvisioning
+from .shadow import Shadow
 from .subscription import Callback, Subscription
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from .jobs import Jobs
-    from .provisioning import FleetProvisioning
-    from .shadow import Shadow
 
 __all__ = ["Client", "LifecycleCallback", "derive_alpn"]
 
@@ -581,22 +581,16 @@ class Client:
 
     def shadow(self, thing_name: str, name: str | None = None) -> Shadow:
         """The Device Shadow of ``thing_name`` (classic when ``name`` is None)."""
-        from .shadow import Shadow
-
-        return Shadow(self, thing_name, name)
+        return Shadow(Requester(self._request, self.subscribe), thing_name, name)
 
     def fleet_provisioning(self, fmt: str = "json") -> FleetProvisioning:
         """The fleet provisioning MQTT API (CreateKeysAndCertificate, CreateCertificateFromCsr,
         RegisterThing)."""
-        from .provisioning import FleetProvisioning
-
-        return FleetProvisioning(self, fmt)
+        return FleetProvisioning(Requester(self._request, self.subscribe), fmt)
 
     def jobs(self, thing_name: str) -> Jobs:
         """The jobs MQTT API of ``thing_name``."""
-        from .jobs import Jobs
-
-        return Jobs(self, thing_name)
+        return Jobs(Requester(self._request, self.subscribe), thing_name)
 
     def _forget(self, sub: Subscription) -> None:
         self._subscriptions.discard(sub)

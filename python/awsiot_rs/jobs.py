@@ -9,7 +9,7 @@ from . import topics
 from .errors import JobRejected
 
 if TYPE_CHECKING:
-    from .client import Client
+    from ._requests import Requester
 
 __all__ = ["Jobs"]
 
@@ -19,16 +19,16 @@ class Jobs:
     update, and ``notify``/``notify-next`` streams. ``/rejected`` raises :class:`JobRejected`
     (``VersionMismatch`` on an ``expected_version`` conflict)."""
 
-    def __init__(self, client: Client, thing_name: str) -> None:
+    def __init__(self, requester: Requester, thing_name: str) -> None:
         topics.jobs(thing_name, "get")
-        self._client = client
+        self._requester = requester
         self.thing_name = thing_name
 
     async def _call(self, op: str, job_id: str | None, payload: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         def t(suffix: str) -> str:
             return topics.jobs(self.thing_name, op + suffix, job_id)
 
-        ok, doc, token = await self._client._request(t(""), payload, t("/accepted"), t("/rejected"), timeout=timeout)
+        ok, doc, token = await self._requester.request(t(""), payload, t("/accepted"), t("/rejected"), timeout=timeout)
         if not ok:
             raise JobRejected(doc.get("code"), str(doc.get("message", "")), doc.get("clientToken", token))
         return dict(doc)
@@ -82,7 +82,7 @@ class Jobs:
         return await self._call("update", job_id, payload, timeout)
 
     async def _stream(self, op: str) -> AsyncIterator[dict[str, Any]]:
-        sub = await self._client.subscribe(topics.jobs(self.thing_name, op), qos=1)
+        sub = await self._requester.subscribe(topics.jobs(self.thing_name, op), qos=1)
         try:
             async for m in sub:
                 try:

@@ -14,7 +14,7 @@ from .auth import MtlsAuth, PathLike
 from .errors import ConfigError, ProvisioningRejected
 
 if TYPE_CHECKING:
-    from .client import Client
+    from ._requests import Requester
 
 __all__ = [
     "CreateCertificateFromCsrResponse",
@@ -126,10 +126,10 @@ class FleetProvisioning:
     certificate → new keys → register → reconnect as the new thing) is in the README.
     """
 
-    def __init__(self, client: Client, fmt: str = "json") -> None:
+    def __init__(self, requester: Requester, fmt: str = "json") -> None:
         if fmt not in ("json", "cbor"):
             raise ConfigError(f"fmt must be 'json' or 'cbor', not {fmt!r}")
-        self._client = client
+        self._requester = requester
         self.fmt = fmt
 
     async def _call(
@@ -138,7 +138,7 @@ class FleetProvisioning:
         def t(suffix: str) -> str:
             return topics.fleet_provisioning(op + suffix, template=template, fmt=self.fmt)
 
-        ok, doc, _ = await self._client._request(
+        ok, doc, _ = await self._requester.request(
             t(""), payload, t("/accepted"), t("/rejected"), use_token=False, timeout=timeout,
             cbor=self.fmt == "cbor",
         )

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any, Union
 
 from . import topics
 from .errors import ShadowRejected
-from .subscription import Subscription
 
 if TYPE_CHECKING:
-    from .client import Client
+    from ._requests import Requester
+    from .subscription import Subscription
 
 __all__ = ["Shadow"]
 
@@ -27,9 +27,9 @@ class Shadow:
     for a version conflict, ...).
     """
 
-    def __init__(self, client: Client, thing_name: str, name: str | None = None) -> None:
+    def __init__(self, requester: Requester, thing_name: str, name: str | None = None) -> None:
         topics.shadow(thing_name, "get", name)  # validates the names
-        self._client = client
+        self._requester = requester
         self.thing_name = thing_name
         self.name = name
 
@@ -38,7 +38,7 @@ class Shadow:
         return topics.shadow(self.thing_name, op, self.name)
 
     async def _call(self, op: str, payload: dict[str, Any] | None, timeout: float | None) -> dict[str, Any]:
-        ok, doc, token = await self._client._request(
+        ok, doc, token = await self._requester.request(
             self.topic(op),  # type: ignore[arg-type]
             payload,
             self.topic(f"{op}/accepted"),  # type: ignore[arg-type]
@@ -82,7 +82,7 @@ class Shadow:
         return await self._call("delete", None, timeout)
 
     async def _stream(self, op: topics.ShadowOp) -> AsyncIterator[dict[str, Any]]:
-        sub = await self._client.subscribe(self.topic(op), qos=1)
+        sub = await self._requester.subscribe(self.topic(op), qos=1)
         latest = -1
         try:
             async for m in sub:
@@ -122,7 +122,7 @@ class Shadow:
             latest[0] = version
             return callback(doc)
 
-        return await self._client.subscribe(self.topic("update/delta"), qos=1, callback=on_message)
+        return await self._requester.subscribe(self.topic("update/delta"), qos=1, callback=on_message)
 
     def __repr__(self) -> str:
         return f"<Shadow thing={self.thing_name!r} name={self.name!r}>"

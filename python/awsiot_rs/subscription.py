@@ -7,7 +7,7 @@ import asyncio
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from . import _native
 from ._dispatch import Dispatcher, logger
@@ -16,9 +16,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._native import Message
-    from .client import Client
 
-__all__ = ["Callback", "Subscription"]
+__all__ = ["Callback", "Owner", "Subscription"]
 
 #: A subscription callback: plain or ``async``; it receives each ``Message``.
 Callback = Callable[["Message"], Union[None, Awaitable[None]]]
@@ -27,6 +26,17 @@ _BATCH = 512
 
 
 _OPEN, _PAUSED, _CLOSED = 0, 1, 2
+
+
+class Owner(Protocol):
+    """What a subscription needs from the client that made it."""
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether a connection is up right now (``async with`` exit unsubscribes only then)."""
+
+    def _forget(self, sub: Subscription) -> None:
+        """Drops the client's reference to an ended subscription."""
 
 
 class Subscription:
@@ -48,7 +58,7 @@ class Subscription:
 
     def __init__(
         self,
-        client: Client,
+        client: Owner,
         ref: _native.SubscriptionRef,
         dispatcher: Dispatcher,
         topic_filters: list[str],
