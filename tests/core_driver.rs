@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use _native::core::transport::{ConnectFuture, Stream};
+use _native::core::net::stream::{ConnectFuture, Stream};
 use _native::core::{
     Client, ClientConfig, ClientEvent, Connector, DisconnectReason, EventSink, Limits, QoS,
     ReconnectConfig, Reply, SubscriptionQueue, Transport, Wake,

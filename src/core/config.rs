@@ -3,14 +3,14 @@
 //! before any network I/O.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::core::error::{Error, Result};
+use crate::core::net::transport::Transport;
+use crate::core::protocol::topic::{self, Limits};
 use crate::core::secret::Secret;
-use crate::core::topic::{self, Limits};
 
 /// AWS IoT: maximum payload of one PUBLISH (128 KiB).
 pub const AWS_MAX_PAYLOAD: usize = 128 * 1024;
@@ -158,42 +158,6 @@ impl Default for OfflineQueueConfig {
         Self {
             limit: 1000,
             qos0: false,
-        }
-    }
-}
-
-/// Opens byte streams to the broker for [`Transport::Custom`] (tunnels, in-memory test
-/// brokers). Called once per connection attempt.
-pub trait Connector: Send + Sync {
-    /// Opens one stream.
-    fn connect(&self) -> crate::core::transport::ConnectFuture;
-}
-
-/// How bytes reach the broker.
-#[derive(Clone)]
-pub enum Transport {
-    /// Plain TCP (local or non-AWS brokers only).
-    Tcp,
-    /// TLS over TCP with this rustls configuration (server name = endpoint).
-    Tls(Arc<rustls::ClientConfig>),
-    /// MQTT over WebSocket (`wss://` with this TLS configuration, `ws://` without).
-    WebSocket {
-        /// TLS settings (`None`: plain `ws://`, local brokers only).
-        tls: Option<Arc<rustls::ClientConfig>>,
-        /// Upgrade request settings (SigV4 or custom-authorizer fields).
-        ws: crate::core::websocket::WebSocket,
-    },
-    /// A stream from the application's own connector; MQTT runs over it as is.
-    Custom(Arc<dyn Connector>),
-}
-
-impl std::fmt::Debug for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Tcp => f.write_str("Tcp"),
-            Self::Tls(c) => write!(f, "Tls(alpn={:?})", c.alpn_protocols),
-            Self::WebSocket { tls, ws } => write!(f, "WebSocket(tls={}, {ws:?})", tls.is_some()),
-            Self::Custom(_) => f.write_str("Custom"),
         }
     }
 }

@@ -21,19 +21,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::core::backoff::Backoff;
-use crate::core::client::{
-    add, ClientEvent, Command, ConnectInfo, OutPublish, Reply, Shared, State,
-};
 use crate::core::config::{QoS, AWS_MAX_FILTERS_PER_SUBSCRIBE};
 use crate::core::error::{DisconnectReason, Error, Result};
-use crate::core::inflight::Inflight;
 use crate::core::message::Message;
-use crate::core::queue::SubscriptionQueue;
-use crate::core::router::Released;
-use crate::core::topic::Limits;
+use crate::core::net::stream::{classify_io, Stream};
+use crate::core::protocol::backoff::Backoff;
+use crate::core::protocol::codec::packet_name;
+use crate::core::protocol::handshake::{self, Opened};
+use crate::core::protocol::inflight::Inflight;
+use crate::core::protocol::queue::SubscriptionQueue;
+use crate::core::protocol::router::Released;
+use crate::core::protocol::topic::Limits;
+use crate::core::shared::{
+    add, ClientEvent, Command, ConnectInfo, OutPublish, Reply, Shared, State,
+};
 use crate::core::traffic_log::{Direction, Entry, TrafficLog};
-use crate::core::transport::{self, packet_name, Stream, DISCONNECT_FLUSH};
 
 /// Stop taking new commands while this many bytes wait to be written.
 const WBUF_HIGH: usize = 1 << 20;
@@ -44,6 +46,8 @@ const COMMAND_BURST: usize = 1024;
 /// Initial read/write buffer size; buffers grow (doubling) only when traffic needs it, so
 /// idle connections stay small.
 const BUFFER_START: usize = 1024;
+/// Time allowed for a graceful DISCONNECT to reach the socket.
+const DISCONNECT_FLUSH: Duration = Duration::from_secs(2);
 /// At most one "unrouted messages" warning per this interval.
 const UNROUTED_WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -363,9 +367,9 @@ impl Driver {
     }
 
     /// One connection attempt, serving commands while it runs. `Err(())` = disconnect requested.
-    async fn attempt(&mut self) -> std::result::Result<Result<transport::Opened>, ()> {
+    async fn attempt(&mut self) -> std::result::Result<Result<Opened>, ()> {
         let cfg = self.shared.config.clone();
-        let open = transport::open(&cfg);
+        let open = handshake::open(&cfg);
         tokio::pin!(open);
         loop {
             let deadline = self.next_deadline();
@@ -808,7 +812,7 @@ impl Driver {
     }
 
     /// Serves one connection until it ends.
-    async fn session(&mut self, opened: transport::Opened) -> SessionEnd {
+    async fn session(&mut self, opened: Opened) -> SessionEnd {
         let (rd, wr) = tokio::io::split(opened.stream);
         let mut conn = Conn {
             rd,
@@ -966,7 +970,7 @@ impl Driver {
 
     fn io_error(&self, e: &std::io::Error, during: &str) -> Error {
         let cfg = self.cfg();
-        match transport::classify_io(&cfg.endpoint, cfg.port, e, during) {
+        match classify_io(&cfg.endpoint, cfg.port, e, during) {
             Error::Connect(m) => Error::Disconnected(m),
             other => other,
         }

@@ -1,33 +1,50 @@
 //! The pure-Rust client core. No Python here: `cargo test --no-default-features` builds and
 //! tests it without an interpreter.
+//!
+//! Layers, from the bottom up:
+//! - [`protocol`]: MQTT 3.1.1 as data, no I/O: packet framing and the CONNECT/CONNACK exchange,
+//!   the session state machine ([`protocol::session`]: packet ids, in-flight, outbox, owed
+//!   acknowledgements, keep-alive, session restore), topic rules, the subscription registry and
+//!   its bounded queues, reconnect backoff.
+//! - [`net`]: byte streams to the broker: TCP, TLS (rustls, ring), WebSocket.
+//! - [`auth`]: what proves who we are: key formats, SigV4 presigning, credentials providers,
+//!   custom-authorizer fields.
+//! - [`services`]: AWS IoT services over MQTT: correlated request/response, CBOR.
+//! - [`client`] (the handle the application holds) and [`driver`] (the one task per client that
+//!   moves bytes and time into and out of the session state machine), sharing [`shared`].
+//!
+//! ```text
+//! application ──▶ client::Client ──commands──▶ driver ──▶ protocol::session::Session
+//!                       │                        │ ▲            (state, no I/O)
+//!                       └── shared (config, registry, stats) ◀──┘
+//!                                                │ bytes
+//!                                          net (tcp / tls / websocket) ◀── auth
+//! ```
 
-pub mod backoff;
-pub mod cbor;
+pub mod auth;
 pub mod client;
 pub mod config;
-pub mod credentials;
-pub mod custom_auth;
 mod driver;
 pub mod error;
-pub mod inflight;
-pub mod keys;
 pub mod message;
-pub mod queue;
-pub mod request_response;
-pub mod router;
+pub mod net;
+pub mod protocol;
 pub mod secret;
-pub mod sigv4;
-pub mod tls;
-pub mod topic;
+pub mod services;
+pub mod shared;
 pub mod traffic_log;
-pub mod transport;
-pub mod websocket;
 
-pub use client::{Client, ClientEvent, ConnectInfo, EventSink, Reply, State, StatsSnapshot};
-pub use config::{
-    ClientConfig, Connector, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will,
-};
+pub use auth::{credentials, custom_auth, keys, sigv4};
+pub use net::{tls, transport, websocket};
+pub use protocol::{backoff, inflight, queue, router, topic};
+pub use services::{cbor, request_response};
+
+pub use client::Client;
+pub use config::{ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Will};
 pub use error::{DisconnectReason, Error, Result};
 pub use message::Message;
-pub use queue::{Batch, SubscriptionQueue, Wake};
-pub use topic::Limits;
+pub use net::stream::Connector;
+pub use net::transport::Transport;
+pub use protocol::queue::{Batch, SubscriptionQueue, Wake};
+pub use protocol::topic::Limits;
+pub use shared::{ClientEvent, ConnectInfo, EventSink, Reply, State, StatsSnapshot};

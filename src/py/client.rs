@@ -10,16 +10,15 @@ use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::core::config::{
-    ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Transport, Will,
-};
-use crate::core::credentials::{self, CredentialsProvider};
-use crate::core::custom_auth::{self, AuthorizerFields};
-use crate::core::request_response::{Request, Requests, Response};
+use crate::core::auth::credentials::{self, CredentialsProvider};
+use crate::core::auth::custom_auth::{self, AuthorizerFields};
+use crate::core::auth::sigv4::AwsCredentials;
+use crate::core::config::{ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Will};
+use crate::core::net::tls::{self, ClientIdentity, TlsOptions};
+use crate::core::net::transport::Transport;
+use crate::core::net::websocket::{SigV4, WebSocket};
 use crate::core::secret::Secret;
-use crate::core::sigv4::AwsCredentials;
-use crate::core::tls::{self, ClientIdentity, TlsOptions};
-use crate::core::websocket::{SigV4, WebSocket};
+use crate::core::services::request_response::{Request, Requests, Response};
 use crate::core::{Client, ClientEvent, Error, EventSink, Limits, SubscriptionQueue};
 use crate::py::credentials::{PyProvider, Target};
 
@@ -506,7 +505,8 @@ impl ClientRef {
         check_pid(self.pid)?;
         let qos = QoS::from_u8(qos).py(py)?;
         for (topic, payload) in &items {
-            crate::core::topic::validate_topic(topic, self.client.config().limits).py(py)?;
+            crate::core::protocol::topic::validate_topic(topic, self.client.config().limits)
+                .py(py)?;
             self.client.config().check_payload(payload.len()).py(py)?;
         }
         let countdown = match token {

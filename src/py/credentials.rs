@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::core::credentials::{CredentialsFuture, CredentialsProvider};
+use crate::core::auth::credentials::{CredentialsFuture, CredentialsProvider};
+use crate::core::auth::sigv4::AwsCredentials;
 use crate::core::secret::Secret;
-use crate::core::sigv4::AwsCredentials;
 use crate::core::{Error, Result};
 use crate::py::notifier::Inner;
 

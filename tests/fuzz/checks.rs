@@ -3,7 +3,7 @@
 //! file that passes here passes the fuzz target and the other way round. Every check panics on
 //! a violated invariant: that is what libFuzzer and `cargo test` report.
 
-use _native::core::topic::{
+use _native::core::protocol::topic::{
     matches, split_shared, subscription_matches, validate_filter, validate_topic,
     MQTT_MAX_STRING_BYTES,
 };

@@ -211,7 +211,7 @@ fn leaf_for_key<'a>(
         }
     }
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key.as_der().to_vec()));
-    let signing_key = crate::core::tls::provider()
+    let signing_key = crate::core::net::tls::provider()
         .key_provider
         .load_private_key(der)
         .ok()?;

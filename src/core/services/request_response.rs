@@ -28,12 +28,13 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::core::cbor;
-use crate::core::client::{Client, Reply};
+use crate::core::client::Client;
 use crate::core::config::QoS;
 use crate::core::error::{Error, Result};
 use crate::core::message::Message;
-use crate::core::queue::{SubscriptionQueue, Wake};
+use crate::core::protocol::queue::{SubscriptionQueue, Wake};
+use crate::core::services::cbor;
+use crate::core::shared::Reply;
 
 /// At most this many requests wait for answers per client.
 pub const MAX_IN_FLIGHT: usize = 100;
@@ -865,10 +866,12 @@ mod tests {
         //! The whole engine against an in-memory scripted broker, on paused time.
 
         use super::super::*;
-        use crate::core::client::{ClientEvent, EventSink};
-        use crate::core::config::{ClientConfig, Connector, Transport};
-        use crate::core::topic::Limits;
-        use crate::core::transport::{ConnectFuture, Stream};
+        use crate::core::config::ClientConfig;
+        use crate::core::net::stream::Connector;
+        use crate::core::net::stream::{ConnectFuture, Stream};
+        use crate::core::net::transport::Transport;
+        use crate::core::protocol::topic::Limits;
+        use crate::core::shared::{ClientEvent, EventSink};
         use bytes::BytesMut;
         use rumqttc::{
             ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use crate::core::config::QoS;
 use crate::core::error::Error;
 use crate::core::message::Message;
-use crate::core::queue::{PushOutcome, SubscriptionQueue};
-use crate::core::topic::{self, Limits};
+use crate::core::protocol::queue::{PushOutcome, SubscriptionQueue};
+use crate::core::protocol::topic::{self, Limits};
 
 /// One subscription: its filters (with the QoS it asked for) and its queue. No filters = every
 /// message (`messages()`).
@@ -323,7 +323,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::queue::Wake;
+    use crate::core::protocol::queue::Wake;
     use tokio::sync::Notify;
 
     struct NoWake;

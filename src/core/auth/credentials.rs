@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::core::auth::sigv4::AwsCredentials;
 use crate::core::error::Result;
-use crate::core::sigv4::AwsCredentials;
 
 /// What a provider returns.
 pub type CredentialsFuture = Pin<Box<dyn Future<Output = Result<AwsCredentials>> + Send>>;

@@ -9,12 +9,12 @@ use async_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use async_tungstenite::tungstenite::Error as WsError;
 use ws_stream_tungstenite::WsStream;
 
-use crate::core::credentials::Cached;
-use crate::core::custom_auth::query_string;
+use crate::core::auth::credentials::Cached;
+use crate::core::auth::custom_auth::query_string;
+use crate::core::auth::sigv4;
 use crate::core::error::{Error, Result};
+use crate::core::net::stream::{classify_io, Stream};
 use crate::core::secret::Secret;
-use crate::core::sigv4;
-use crate::core::transport::Stream;
 
 /// The path AWS IoT serves MQTT on.
 pub const PATH: &str = "/mqtt";
@@ -71,9 +71,7 @@ fn classify(e: WsError, endpoint: &str, port: u16) -> Error {
                 ))
             }
         }
-        WsError::Io(io) => {
-            crate::core::transport::classify_io(endpoint, port, &io, "WebSocket handshake with")
-        }
+        WsError::Io(io) => classify_io(endpoint, port, &io, "WebSocket handshake with"),
         WsError::Protocol(p) => Error::Connect(format!(
             "WebSocket handshake with {endpoint}:{port} failed: {p}"
         )),
@@ -172,9 +170,9 @@ pub async fn upgrade(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::credentials::{CredentialsFuture, CredentialsProvider};
+    use crate::core::auth::credentials::{CredentialsFuture, CredentialsProvider};
+    use crate::core::auth::sigv4::AwsCredentials;
     use crate::core::secret::Secret;
-    use crate::core::sigv4::AwsCredentials;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};

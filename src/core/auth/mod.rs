@@ -1,0 +1,8 @@
+//! What proves who the client is: [`keys`] (PEM, PKCS#8 encrypted, PKCS#12), [`sigv4`]
+//! (presigned WebSocket URLs for IAM credentials), [`credentials`] (providers and their cache)
+//! and [`custom_auth`] (AWS custom-authorizer fields in the user name, headers or query).
+
+pub mod credentials;
+pub mod custom_auth;
+pub mod keys;
+pub mod sigv4;
