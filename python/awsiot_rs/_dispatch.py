@@ -9,7 +9,7 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import _native
 
@@ -20,6 +20,8 @@ __all__ = ["MAX_ITEMS_PER_WAKEUP", "Dispatcher", "dispatcher_for", "flush_logs",
 #: Items (results, subscription wake-ups, lifecycle events) handled per loop turn at most. The
 #: rest waits for the next turn, so a continuous inflow cannot starve other tasks and I/O.
 MAX_ITEMS_PER_WAKEUP = 256
+
+_R = TypeVar("_R")
 
 
 class _EventTarget(Protocol):
@@ -61,16 +63,34 @@ class Dispatcher:
         self.done.set_result(None)
         loop.add_reader(self.native.fileno(), self._on_readable)
 
-    def new_future(self) -> tuple[int, asyncio.Future[Any]]:
-        """A fresh token and the future the native side will complete for it."""
+    def call(self, fn: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Calls the native ``fn(*args, token, **kwargs)`` with a fresh token and returns the
+        future the native side completes for that token. If ``fn`` raises, the token is
+        forgotten and the exception propagates (nothing will ever complete it)."""
         token = next(self._tokens)
         fut: asyncio.Future[Any] = self.loop.create_future()
         self._futures[token] = fut
-        return token, fut
+        try:
+            fn(*args, token, **kwargs)
+        except BaseException:
+            self._futures.pop(token, None)
+            raise
+        return fut
 
-    def discard(self, token: int) -> None:
-        """Forgets a token whose native call raised before it was submitted."""
-        self._futures.pop(token, None)
+    def call_with_result(
+        self, fn: Callable[..., _R], *args: Any, **kwargs: Any
+    ) -> tuple[_R, asyncio.Future[Any]]:
+        """``call`` for a native function whose return value is wanted as well:
+        ``(fn(*args, token, **kwargs), future)``."""
+        token = next(self._tokens)
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._futures[token] = fut
+        try:
+            result = fn(*args, token, **kwargs)
+        except BaseException:
+            self._futures.pop(token, None)
+            raise
+        return result, fut
 
     def add_source(self, source: int, on_ready: Callable[[], None]) -> None:
         """Calls ``on_ready()`` when subscription ``source`` has messages (weakly held: the

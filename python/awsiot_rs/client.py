@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from . import _native
 from ._dispatch import Dispatcher, dispatcher_for, flush_logs, logger
+from ._requests import Requester
 from .auth import Credentials, CustomAuth, MtlsAuth, PathLike, SigV4Auth, read_pem_file
 from .config import (
     ConnectEvent,
@@ -24,7 +25,6 @@ from .config import (
     Will,
     encode_payload,
 )
-from ._requests import Requester
 from .errors import ClientClosedError, ConfigError, QueueFullError
 from .jobs import Jobs
 from .provisioning import FleetProvisioning
@@ -287,14 +287,12 @@ class Client:
         ``AuthError``, ...). Once connected, automatic reconnect keeps the connection up.
         Subscriptions and ``messages()`` streams kept from before are re-subscribed."""
         d = self._bind(asyncio.get_running_loop())
-        token, fut = d.new_future()
-        self._native.connect(token)
+        fut = d.call(self._native.connect)
         try:
             session_present = await fut
         except asyncio.CancelledError:
             # Stop the attempt (and any reconnect loop) that nobody waits for any more.
-            stop, _ = d.new_future()
-            self._native.disconnect(stop)
+            d.call(self._native.disconnect)
             raise
         return ConnectResult(session_present=bool(session_present))
 
@@ -307,9 +305,7 @@ class Client:
         d = self._dispatcher
         if d is None:
             return
-        token, fut = d.new_future()
-        self._native.disconnect(token)
-        await fut
+        await d.call(self._native.disconnect)
         # Let subscriptions see their closed queues.
         await asyncio.sleep(0)
 
@@ -375,22 +371,14 @@ class Client:
         if qos == 0:
             self._native.publish(topic, data, 0, retain, None)
             return None
-        token, fut = d.new_future()
-        try:
-            self._native.publish(topic, data, qos, retain, token)
-        except BaseException:
-            d.discard(token)
-            raise
-        return fut
+        return d.call(self._native.publish, topic, data, qos, retain)
 
     async def _publish_when_writable(
         self, d: Dispatcher, topic: str, data: bytes, qos: int, retain: bool
     ) -> None:
         """The slow path of ``publish``: wait for room in the submission queue, then submit."""
         while True:
-            token, room = d.new_future()
-            self._native.wait_writable(token)
-            await room
+            await d.call(self._native.wait_writable)
             try:
                 fut = self._submit(d, topic, data, qos, retain)
             except QueueFullError as e:
@@ -421,12 +409,7 @@ class Client:
             if n == len(items):
                 return d.done
             return self._publish_many_rest(d, items[n:], 0, retain, [])
-        token, fut = d.new_future()
-        try:
-            n = self._native.publish_many(items, qos, retain, token)
-        except BaseException:
-            d.discard(token)
-            raise
+        n, fut = d.call_with_result(self._native.publish_many, items, qos, retain)
         if n == len(items):
             return fut
         return self._publish_many_rest(d, items[n:], qos, retain, [fut], offset=n)
@@ -445,20 +428,12 @@ class Client:
         names the failed indexes in the whole batch)."""
         try:
             while items:
-                room_token, room = d.new_future()
-                self._native.wait_writable(room_token)
-                await room
-                token: int | None = None
+                await d.call(self._native.wait_writable)
                 if qos:
-                    token, fut = d.new_future()
-                try:
-                    n = self._native.publish_many(items, qos, retain, token, offset)
-                except BaseException:
-                    if token is not None:
-                        d.discard(token)
-                    raise
-                if qos:
+                    n, fut = d.call_with_result(self._native.publish_many, items, qos, retain, offset=offset)
                     waiting.append(fut)
+                else:
+                    n = self._native.publish_many(items, 0, retain, None, offset)
                 items = items[n:]
                 offset += n
         except BaseException:
@@ -501,12 +476,7 @@ class Client:
             raise ConfigError(f"queue_size must be an integer >= 1, not {queue_size!r}")
         self._native.validate_subscribe(filters, qos)
         d = self._require_dispatcher()
-        token, fut = d.new_future()
-        try:
-            ref = self._native.subscribe(filters, qos, queue_size, token)
-        except BaseException:
-            d.discard(token)
-            raise
+        ref, fut = d.call_with_result(self._native.subscribe, filters, qos, queue_size)
         sub = Subscription(self, ref, d, filters, callback, queue_size)
         if callback is not None:
             self._subscriptions.add(sub)  # the client keeps callback subscriptions alive
@@ -524,13 +494,7 @@ class Client:
         without filters end."""
         filters = [topic_filter] if isinstance(topic_filter, str) else list(topic_filter)
         d = self._require_dispatcher()
-        token, fut = d.new_future()
-        try:
-            self._native.unsubscribe(filters, token)
-        except BaseException:
-            d.discard(token)
-            raise
-        await fut
+        await d.call(self._native.unsubscribe, filters)
 
     def messages(self, *, queue_size: int = 10000) -> Subscription:
         """Every message this client receives, whatever the subscription, as an async
@@ -568,14 +532,9 @@ class Client:
         """A correlated service request (used by ``shadow()``, ``fleet_provisioning()`` and
         ``jobs()``): returns ``(accepted, document, client_token)``."""
         d = self._require_dispatcher()
-        token, fut = d.new_future()
         text = json.dumps(payload, separators=(",", ":")) if payload is not None else None
         t = self._operation_timeout if timeout is None else _seconds("timeout", timeout)
-        try:
-            self._native.request(topic, text, accepted, rejected, use_token, t, token, cbor)
-        except BaseException:
-            d.discard(token)
-            raise
+        fut = d.call(self._native.request, topic, text, accepted, rejected, use_token, t, cbor=cbor)
         ok, doc_text, client_token = await fut
         return bool(ok), json.loads(doc_text), client_token
 

@@ -235,13 +235,7 @@ class Subscription:
         the broker; returns after UNSUBACK (at once if nothing had to be sent)."""
         if self._ref_closed():
             return
-        token, fut = self._dispatcher.new_future()
-        try:
-            self._ref.close(token)
-        except BaseException:
-            self._dispatcher.discard(token)
-            raise
-        await fut
+        await self._dispatcher.call(self._ref.close)
 
     def _ref_closed(self) -> bool:
         return self._closed
