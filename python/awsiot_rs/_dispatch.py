@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from . import _native
+from .config import ConnectEvent, DisconnectEvent
 
 logger = logging.getLogger("awsiot_rs")
 
@@ -25,7 +26,11 @@ _R = TypeVar("_R")
 
 
 class _EventTarget(Protocol):
-    def _on_lifecycle(self, item: tuple[Any, ...]) -> None: ...
+    """What the dispatcher calls on a client for its lifecycle items."""
+
+    def _on_lifecycle(self, event: ConnectEvent | DisconnectEvent) -> None: ...
+
+    def _on_credentials_request(self, request: int) -> None: ...
 
 
 def flush_logs() -> None:
@@ -143,9 +148,19 @@ class Dispatcher:
             flush_logs()
 
     def _dispatch(self, item: tuple[Any, ...]) -> None:
+        """Handles one notifier item. The item shapes (plain tuples, cheap to make per message)
+        are unpacked into names here and nowhere else:
+
+        - ``("ready", source)``: subscription ``source`` has messages;
+        - ``("op", token, ok, value)``: the result (``ok``) or exception of future ``token``;
+        - ``("connected", client, session_present, reconnect)``,
+          ``("disconnected", client, reason, error_or_None)``,
+          ``("credentials", client, request)``: lifecycle items of client ``client``.
+        """
         kind = item[0]
         if kind == "ready":
-            ref = self._sources.get(item[1])
+            _, source = item
+            ref = self._sources.get(source)
             callback = ref() if ref is not None else None
             if callback is not None:
                 try:
@@ -153,20 +168,35 @@ class Dispatcher:
                 except Exception:  # pragma: no cover - callbacks guard themselves
                     logger.exception("awsiot_rs: subscription wake-up failed")
         elif kind == "op":
-            fut = self._futures.pop(item[1], None)
+            _, token, ok, value = item
+            fut = self._futures.pop(token, None)
             if fut is None or fut.done():
                 return  # cancelled or timed out by the caller: the result is not wanted
-            if item[2]:
-                fut.set_result(item[3])
+            if ok:
+                fut.set_result(value)
             else:
-                fut.set_exception(item[3])
+                fut.set_exception(value)
         else:
-            client = self._clients.get(item[1])
-            if client is not None:
-                try:
-                    client._on_lifecycle(item)
-                except Exception:  # pragma: no cover - the client guards its callbacks
-                    logger.exception("awsiot_rs: lifecycle event handling failed")
+            self._dispatch_lifecycle(item)
+
+    def _dispatch_lifecycle(self, item: tuple[Any, ...]) -> None:
+        kind, client_token, *rest = item
+        client = self._clients.get(client_token)
+        if client is None:
+            return
+        try:
+            if kind == "connected":
+                session_present, reconnect = rest
+                event = ConnectEvent(session_present=bool(session_present), reconnect=bool(reconnect))
+                client._on_lifecycle(event)
+            elif kind == "disconnected":
+                reason, error = rest
+                client._on_lifecycle(DisconnectEvent(reason=str(reason), error=error))
+            else:  # "credentials"
+                (request,) = rest
+                client._on_credentials_request(int(request))
+        except Exception:  # pragma: no cover - the client guards its callbacks
+            logger.exception("awsiot_rs: lifecycle event handling failed")
 
 
 _DISPATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dispatcher] = (

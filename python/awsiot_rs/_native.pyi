@@ -15,7 +15,8 @@ class Notifier:
     def drain(self) -> list[tuple[Any, ...]]:
         """Takes every pending item: ``("op", token, ok, value)``, ``("ready", source)``,
         ``("connected", client, session_present, reconnect)``,
-        ``("disconnected", client, reason, exception_or_None)``."""
+        ``("disconnected", client, reason, exception_or_None)``,
+        ``("credentials", client, request)`` (unpacked by ``Dispatcher._dispatch``)."""
 
 @final
 class Message:

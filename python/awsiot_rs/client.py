@@ -582,16 +582,9 @@ class Client:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_lifecycle(self, item: tuple[Any, ...]) -> None:
-        if item[0] == "credentials":
-            self._on_credentials_request(int(item[2]))
-            return
-        if item[0] == "connected":
-            event: Any = ConnectEvent(session_present=bool(item[2]), reconnect=bool(item[3]))
-            callback = self._on_connect
-        else:
-            event = DisconnectEvent(reason=str(item[2]), error=item[3])
-            callback = self._on_disconnect
+    def _on_lifecycle(self, event: ConnectEvent | DisconnectEvent) -> None:
+        """Runs ``on_connect`` / ``on_disconnect`` for ``event`` (from the dispatcher)."""
+        callback = self._on_connect if isinstance(event, ConnectEvent) else self._on_disconnect
         if callback is None:
             return
         try:
