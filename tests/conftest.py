@@ -1,4 +1,14 @@
-"""Shared pytest fixtures: test PKI, a private mosquitto broker, unique topics."""
+"""Shared pytest fixtures: test PKI, a private mosquitto broker, unique topics, clients.
+
+Layout of ``tests/`` (this conftest applies to every folder below it):
+
+- ``test_*.py``: the product's tests, one module per capability;
+- ``support/``: the test doubles and tools they use (PKI, mosquitto, fake brokers, proxies,
+  AWS service fakes, the MQTT codec), importable as ``support`` (pyproject puts ``tests`` on
+  pytest's ``pythonpath``);
+- ``selfcheck/``: tests of ``support/`` itself, which never import ``awsiot_rs``;
+- ``*.rs``, ``fuzz/``: the Rust core's integration and fuzz tests (``cargo test``).
+"""
 
 from __future__ import annotations
 
