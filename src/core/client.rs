@@ -1,7 +1,7 @@
 //! The client handle: validates every call, then hands work to the client's one driver task over
 //! a bounded channel. Cheap to share; all protocol state lives in the driver.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -12,10 +12,9 @@ use crate::core::config::{ClientConfig, QoS, AWS_MAX_FILTERS_PER_SUBSCRIBE};
 use crate::core::driver::Driver;
 use crate::core::error::{Error, Result};
 use crate::core::protocol::queue::SubscriptionQueue;
-use crate::core::protocol::router::Router;
 use crate::core::protocol::topic::{self, Limits};
 use crate::core::shared::{
-    Command, ConnectInfo, EventSink, OutPublish, Reply, Shared, State, Stats, StatsSnapshot,
+    Command, ConnectInfo, EventSink, OutPublish, Reply, Shared, State, StatsSnapshot,
 };
 use crate::core::traffic_log::TrafficLog;
 
@@ -55,20 +54,8 @@ impl Client {
         if let Some(path) = &config.log_file {
             TrafficLog::open(path)?;
         }
-        let router = Router::new(config.limits);
         Ok(Self {
-            shared: Arc::new(Shared {
-                router: Mutex::new(router),
-                generation: AtomicU64::new(0),
-                config,
-                state: AtomicU8::new(State::Closed as u8),
-                session_present: AtomicBool::new(false),
-                stats: Stats::default(),
-                sink,
-                space: Arc::new(Notify::new()),
-                queued: AtomicUsize::new(0),
-                outbox_len: AtomicUsize::new(0),
-            }),
+            shared: Arc::new(Shared::new(config, sink)),
             runtime,
             commands: Mutex::new(None),
             driver: Mutex::new(None),

@@ -173,6 +173,23 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The shared state of a new, unconnected client.
+    pub fn new(config: ClientConfig, sink: Arc<dyn EventSink>) -> Self {
+        let router = Router::new(config.limits);
+        Self {
+            router: Mutex::new(router),
+            generation: AtomicU64::new(0),
+            config,
+            state: AtomicU8::new(State::Closed as u8),
+            session_present: AtomicBool::new(false),
+            stats: Stats::default(),
+            sink,
+            space: Arc::new(Notify::new()),
+            queued: AtomicUsize::new(0),
+            outbox_len: AtomicUsize::new(0),
+        }
+    }
+
     pub fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
     }

@@ -4,7 +4,7 @@
 //! - [`codec`]: packet names and framing helpers over rumqttc's `mqttbytes` codec (the place
 //!   where the protocol version will be chosen when MQTT 5 arrives).
 //! - [`handshake`]: the CONNECT packet and the CONNACK answer.
-//! - the session state machine of one client lives in the driver for now (packet ids, in-flight, outbox,
+//! - [`session`]: the session state machine of one client (packet ids, in-flight, outbox,
 //!   deadlines, owed acknowledgements, keep-alive, session restore, policy-violation check).
 //! - [`inflight`]: packet ids in use, in submission order.
 //! - [`router`] and [`queue`]: the subscription registry and each subscription's bounded queue.
@@ -17,4 +17,5 @@ pub mod handshake;
 pub mod inflight;
 pub mod queue;
 pub mod router;
+pub mod session;
 pub mod topic;
