@@ -9,7 +9,6 @@
 //! Nothing here ever puts a secret (secret access key, session token, signature) into an error
 //! message; [`redact_url`] masks a presigned URL for logs.
 
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
@@ -17,6 +16,8 @@ use aws_sigv4::http_request::{
     sign, SessionTokenMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
 };
 use aws_sigv4::sign::v4;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::core::error::{Error, Result};
 use crate::core::secret::Secret;
@@ -175,18 +176,18 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// RFC 3986 percent-encoding as SigV4 does it: everything but `A-Z a-z 0-9 - _ . ~`.
-fn uri_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+/// The characters RFC 3986 leaves unencoded (`A-Z a-z 0-9 - _ . ~`); SigV4 and AWS custom
+/// authorizers encode everything else.
+pub const RFC3986_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// RFC 3986 percent-encoding as SigV4 does it (upper-case hex).
+#[must_use]
+pub fn uri_encode(s: &str) -> String {
+    utf8_percent_encode(s, RFC3986_UNRESERVED).to_string()
 }
 
 fn validate_host(host: &str) -> Result<()> {
