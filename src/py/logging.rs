@@ -1,7 +1,8 @@
 //! Forwards the core's `log` records to the Python logger `awsiot_rs`.
 //!
 //! Records are queued (bounded: the oldest are dropped and counted) and the loop is woken
-//! through the most recent notifier; the loop thread emits them with `logging`. No tokio thread
+//! through the most recent notifier (registered as a `Wakeup`, so this module does not depend
+//! on the notifier); the loop thread emits them with `logging`. No tokio thread
 //! ever takes the GIL. The level follows the Python logger (`set_level` is called with its
 //! effective level whenever a client is created or connects, and on every drain).
 
@@ -12,8 +13,6 @@ use std::sync::{Mutex, MutexGuard, Weak};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::py::notifier::Inner;
-
 const CAPACITY: usize = 10_000;
 
 struct Record {
@@ -23,7 +22,7 @@ struct Record {
 }
 
 static RECORDS: Mutex<VecDeque<Record>> = Mutex::new(VecDeque::new());
-static WAKER: Mutex<Option<Weak<Inner>>> = Mutex::new(None);
+static WAKER: Mutex<Option<Weak<dyn Wakeup>>> = Mutex::new(None);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 fn records() -> MutexGuard<'static, VecDeque<Record>> {
@@ -32,8 +31,14 @@ fn records() -> MutexGuard<'static, VecDeque<Record>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Wakes an asyncio loop so that it drains the queued records (implemented by the notifier).
+pub trait Wakeup: Send + Sync {
+    /// Signals the loop (cheap when already signalled; never takes the GIL).
+    fn wake_loop(&self);
+}
+
 /// The notifier that wakes the loop for new records (the most recently created one).
-pub fn set_waker(w: Weak<Inner>) {
+pub fn set_waker(w: Weak<dyn Wakeup>) {
     *WAKER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(w);
@@ -80,7 +85,7 @@ impl log::Log for Bridge {
             .as_ref()
             .and_then(Weak::upgrade);
         if let Some(w) = waker {
-            w.signal();
+            w.wake_loop();
         }
     }
 

@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use pyo3::IntoPyObjectExt;
 
-use crate::core::{ClientEvent, ConnectInfo, Error, EventSink, Reply, Wake};
+use crate::core::{ClientEvent, ConnectInfo, Error, Reply, Wake};
 use crate::py::errors;
 use crate::py::logging;
 
@@ -99,18 +99,9 @@ impl Wake for Inner {
     }
 }
 
-/// Delivers a client's lifecycle events to the loop, tagged with the client's token.
-pub struct Sink {
-    inner: Arc<Inner>,
-    client: u64,
-}
-
-impl EventSink for Sink {
-    fn event(&self, event: ClientEvent) {
-        self.inner.push(Item::Event {
-            client: self.client,
-            event,
-        });
+impl logging::Wakeup for Inner {
+    fn wake_loop(&self) {
+        self.signal();
     }
 }
 
@@ -161,21 +152,6 @@ pub fn reply<T: Send + 'static>(inner: &Arc<Inner>, token: u64, map: fn(T) -> Ou
     Box::new(move |result: crate::core::Result<T>| pending.finish(result.map(map)))
 }
 
-impl Notifier {
-    /// The lifecycle sink for client `token`.
-    pub fn sink(&self, client: u64) -> Arc<dyn EventSink> {
-        Arc::new(Sink {
-            inner: Arc::clone(&self.inner),
-            client,
-        })
-    }
-
-    /// The wake target for subscription queues.
-    pub fn waker(&self) -> Arc<dyn Wake> {
-        Arc::clone(&self.inner) as Arc<dyn Wake>
-    }
-}
-
 #[pymethods]
 impl Notifier {
     #[new]
@@ -192,7 +168,7 @@ impl Notifier {
             signalled: AtomicBool::new(false),
             items: Mutex::new(Vec::new()),
         });
-        logging::set_waker(Arc::downgrade(&inner) as Weak<Inner>);
+        logging::set_waker(Arc::downgrade(&inner) as Weak<dyn logging::Wakeup>);
         Ok(Self { inner })
     }
 
