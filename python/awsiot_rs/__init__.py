@@ -1,5 +1,12 @@
 """awsiot_rs: a fast, asyncio-native AWS IoT Core client with a Rust core.
 
+Layers, top down; a module imports only from its own layer or the layers below:
+- client: ``client.Client``, the public entry point;
+- services: ``shadow``, ``jobs``, ``provisioning`` (via ``_requests.Requester``), ``subscription``;
+- dispatch: ``_dispatch.Dispatcher``, one per event loop: native results -> futures and events;
+- native: ``_native``, the PyO3 binding over the Rust core (stubs in ``_native.pyi``).
+``config``, ``auth``, ``errors`` and ``topics`` hold values and helpers any layer may use.
+
 Quick look::
 
     async with awsiot_rs.Client(endpoint, client_id="sensor-1",
@@ -96,7 +103,6 @@ __all__ = [
     "errors",
     "topics",
 ]
-
 
 
 def _at_exit() -> None:
