@@ -2,10 +2,12 @@
 //! then the WebSocket upgrade when configured. What runs over it (MQTT) is not known here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use crate::core::error::{Error, Result};
+use crate::core::net::proxy::{self, Proxy};
 use crate::core::net::stream::{classify_io, Connector, Stream};
 use crate::core::net::websocket;
 
@@ -46,12 +48,19 @@ async fn tcp(endpoint: &str, port: u16) -> Result<TcpStream> {
     Ok(tcp)
 }
 
-/// Opens the byte stream to `endpoint:port` the way `transport` says (TCP, TLS with the
-/// endpoint as server name, WebSocket upgrade). Nothing MQTT is sent.
+/// Opens the byte stream to `endpoint:port` the way `transport` says (TCP — directly or
+/// through an HTTP CONNECT `proxy` —, TLS with the endpoint as server name, WebSocket
+/// upgrade). Nothing MQTT is sent. TLS runs end to end through the proxy.
 ///
 /// # Errors
 /// [`Error::Connect`], [`Error::Tls`], [`Error::Auth`] (WebSocket 401/403), [`Error::Config`].
-pub async fn open_stream(endpoint: &str, port: u16, transport: &Transport) -> Result<Stream> {
+pub async fn open_stream(
+    endpoint: &str,
+    port: u16,
+    transport: &Transport,
+    proxy: Option<&Proxy>,
+    timeout: Duration,
+) -> Result<Stream> {
     if let Transport::Custom(connector) = transport {
         return connector
             .connect()
@@ -65,7 +74,10 @@ pub async fn open_stream(endpoint: &str, port: u16, transport: &Transport) -> Re
         }
         _ => None,
     };
-    let tcp = tcp(endpoint, port).await?;
+    let tcp = match proxy {
+        Some(proxy) => proxy::tunnel(proxy, endpoint, port, timeout).await?,
+        None => tcp(endpoint, port).await?,
+    };
     match transport {
         Transport::Tcp | Transport::Custom(_) => Ok(Box::new(tcp)),
         Transport::Tls(tls) => tls_handshake(endpoint, port, tls, tcp).await,

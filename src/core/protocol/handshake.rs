@@ -66,7 +66,14 @@ pub async fn open(cfg: &ClientConfig) -> Result<Opened> {
 }
 
 async fn open_inner(cfg: &ClientConfig) -> Result<Opened> {
-    let mut stream = open_stream(&cfg.endpoint, cfg.port, &cfg.transport).await?;
+    let mut stream = open_stream(
+        &cfg.endpoint,
+        cfg.port,
+        &cfg.transport,
+        None,
+        cfg.connect_timeout,
+    )
+    .await?;
     let connect = connect_packet(cfg);
     let mut buf = BytesMut::with_capacity(connect.size() + 8);
     let connect_size = connect
