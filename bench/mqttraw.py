@@ -6,65 +6,41 @@ do: packets are pre-encoded, parsing reads fixed headers only) and the helper pr
 built on it. It speaks just enough MQTT: CONNECT/CONNACK, SUBSCRIBE/SUBACK, PUBLISH (QoS 0
 and 1, both ways), PUBACK and DISCONNECT; over TCP, or TLS when given an ``ssl.SSLContext``.
 No reconnect, no keep-alive pings (the keep-alive is 0 = disabled).
+
+Packets are encoded by the test suite's codec, ``tests/support/packets.py`` (re-exported
+here as ``mqttraw.packets``): importing this module puts ``tests/`` on ``sys.path`` so that
+``support.packets`` imports as it does under pytest. Only the receive path is parsed here,
+inline in ``RawProtocol.data_received``, because it is the measured hot loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
+TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+from support import packets  # noqa: E402  (needs TESTS_DIR on sys.path)
+from support.packets import CONNACK, PUBACK, PUBLISH, SUBACK  # noqa: E402
+
 HOST = "127.0.0.1"  # loopback only, always
 
-CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
-SUBSCRIBE, SUBACK, PINGRESP, DISCONNECT = 8, 9, 13, 14
-
-DISCONNECT_PACKET = b"\xe0\x00"
+DISCONNECT_PACKET = packets.disconnect()
 
 
-# -- encoding -------------------------------------------------------------------------------
-
-
-def varint(n: int) -> bytes:
-    """The MQTT "remaining length" encoding of ``n``."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return len(b).to_bytes(2, "big") + b
-
-
-def connect_packet(client_id: str, *, keep_alive: int = 0, clean_session: bool = True) -> bytes:
-    """CONNECT (protocol level 4 = MQTT 3.1.1, no credentials, no will)."""
-    flags = 0x02 if clean_session else 0x00
-    body = _str("MQTT") + bytes([4, flags]) + keep_alive.to_bytes(2, "big") + _str(client_id)
-    return bytes([CONNECT << 4]) + varint(len(body)) + body
-
-
-def subscribe_packet(packet_id: int, topic_filter: str, qos: int) -> bytes:
-    body = packet_id.to_bytes(2, "big") + _str(topic_filter) + bytes([qos])
-    return bytes([(SUBSCRIBE << 4) | 0x02]) + varint(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes, *, qos: int = 0, packet_id: int = 0) -> bytes:
-    """A complete PUBLISH packet."""
-    pid = packet_id.to_bytes(2, "big") if qos else b""
-    body = _str(topic) + pid + payload
-    return bytes([(PUBLISH << 4) | (qos << 1)]) + varint(len(body)) + body
+# -- pre-encoding ---------------------------------------------------------------------------
 
 
 def publish_qos1_parts(topic: str, payload: bytes) -> tuple[bytes, bytes]:
     """``(head, payload)`` such that ``head + packet_id(2 bytes) + payload`` is a QoS 1
     PUBLISH: lets a sender pre-encode everything but the packet id."""
-    body_len = 2 + len(topic.encode()) + 2 + len(payload)
-    head = bytes([(PUBLISH << 4) | 0x02]) + varint(body_len) + _str(topic)
-    return head, payload
+    whole = packets.publish(topic, payload, qos=1, pkid=0)
+    return whole[: len(whole) - 2 - len(payload)], payload
 
 
 PACKET_IDS: list[bytes] = [i.to_bytes(2, "big") for i in range(65536)]
@@ -219,7 +195,7 @@ async def connect(
     assert proto.transport is not None
     # Large write buffer so bursts are queued in user space rather than pausing every write.
     proto.transport.set_write_buffer_limits(high=write_buffer_high)
-    proto.transport.write(connect_packet(client_id))
+    proto.transport.write(packets.connect(client_id, keep_alive=0))
     code = await asyncio.wait_for(proto.connack, timeout)
     if code != 0:
         raise ConnectionError(f"CONNACK refused with return code {code}")
@@ -228,7 +204,7 @@ async def connect(
 
 async def subscribe(proto: RawProtocol, topic_filter: str, qos: int, timeout: float = 10.0) -> None:
     assert proto.transport is not None
-    proto.transport.write(subscribe_packet(1, topic_filter, qos))
+    proto.transport.write(packets.subscribe(1, topic_filter, qos))
     granted = await asyncio.wait_for(proto.suback, timeout)
     if not granted or granted[0] == 0x80:
         raise ConnectionError(f"SUBSCRIBE {topic_filter!r} refused: {granted!r}")

@@ -671,7 +671,7 @@ async def raw_pub_qos0(ctx: Ctx) -> dict[str, Any]:
     proto = await mqttraw.connect(ctx.port, ctx.client_id, ssl=_raw_ssl(ctx))
     transport = proto.transport
     assert transport is not None
-    packet = mqttraw.publish_packet(ctx.topic, ctx.payload)
+    packet = mqttraw.packets.publish(ctx.topic, ctx.payload)
     emit("ready")
     t0, c0 = now(), cpu()
     buf = bytearray()
@@ -955,7 +955,7 @@ async def raw_latency(ctx: Ctx) -> dict[str, Any]:
     await mqttraw.subscribe(proto, ctx.topic, 0)
     transport = proto.transport
     assert transport is not None
-    packet = mqttraw.publish_packet(ctx.topic, ctx.payload)
+    packet = mqttraw.packets.publish(ctx.topic, ctx.payload)
     emit("ready")
 
     async def round_trip() -> None:
@@ -1237,7 +1237,7 @@ async def helper_pub(ctx: Ctx) -> dict[str, Any]:
     proto = await mqttraw.connect(ctx.port, ctx.client_id)
     transport = proto.transport
     assert transport is not None
-    packet = mqttraw.publish_packet(ctx.topic, ctx.payload)
+    packet = mqttraw.packets.publish(ctx.topic, ctx.payload)
     batch = 100
     emit("ready")
     t0 = now()
@@ -1270,7 +1270,7 @@ async def helper_pub_each(ctx: Ctx) -> dict[str, Any]:
     emit("ready")
     t0 = now()
     for start in range(0, ctx.count, 1000):
-        transport.write(b"".join(mqttraw.publish_packet(f"{ctx.topic}/{i}", ctx.payload)
+        transport.write(b"".join(mqttraw.packets.publish(f"{ctx.topic}/{i}", ctx.payload)
                                  for i in range(start, min(ctx.count, start + 1000))))
         if proto._paused:
             await proto.wait_writable()

@@ -371,18 +371,13 @@ async def test_publish_before_connack(caplog):
 # --- 7. invalid topic names in PUBLISH -------------------------------------------------------------
 
 
-def raw_publish(topic: bytes, payload: bytes, qos: int = 1, pkid: int = 7) -> bytes:
-    body = struct.pack("!H", len(topic)) + topic + (struct.pack("!H", pkid) if qos else b"") + payload
-    return P.packet(P.PUBLISH, qos << 1, body)
-
-
 async def test_publish_with_non_utf8_topic(caplog):
     async with FakeBroker() as fb:
         h = Harness(fb.port)
         async with h.client as c:
             sub = await c.subscribe("#", qos=1)
             before = fb.connections
-            fb.send(raw_publish(b"bad/\xff\xfe", b"x"))
+            fb.send(P.publish(b"bad/\xff\xfe", b"x", qos=1, pkid=7))
             await expect_protocol_drop_then_recovery(fb, h, caplog, before, r"malformed packet.*not UTF-8")
             assert sub.pending() == 0, "nothing from the malformed packet is delivered"
             assert fb.of_type(P.PUBACK) == [], "the malformed PUBLISH is not acknowledged"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import awsiot_rs
-from support import packets as P
 from support.fake_broker import FakeBroker
 
 
@@ -155,9 +154,3 @@ def test_message_is_immutable_and_helpful():
         m.topic = "x"  # type: ignore[misc]
     assert repr(m) == "Message(topic='a/b', payload=<8 bytes>, qos=1, retain=False, dup=False)"
     assert m == awsiot_rs.Message("a/b", b'{"k": 1}', qos=1)
-
-
-def test_packets_helper_round_trips():
-    raw = P.publish("t", b"abc", qos=1, pkid=7)
-    p = P.decode(raw)
-    assert (p.topic, p.payload, p.pkid, p.qos) == ("t", b"abc", 7, 1)

@@ -1,7 +1,7 @@
 """Self-checks for the test-support fixtures, independent of ``awsiot_rs``.
 
-These use only the standard library (``socket`` + ``ssl``) and a minimal
-hand-rolled MQTT 3.1.1 encoder to prove that the PKI, the mosquitto broker
+These use only the standard library (``socket`` + ``ssl``) and the test suite's
+MQTT 3.1.1 codec (:mod:`support.packets`) to prove that the PKI, the mosquitto broker
 listeners and the recording TLS server really behave as the rest of the
 test-suite assumes. This module must never import ``awsiot_rs``.
 """
@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import stat
-import struct
 import time
 
 import pytest
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from support import packets as P
 from support.certs import CLIENT_KEY_PASSWORD, GARBAGE_PEM, Pki, make_pki, write_pkcs12
 from support.mosquitto import HOST, Mosquitto
 from support.tls_server import CONNACK_ACCEPTED, RecordingTlsServer, parse_client_hello
@@ -31,87 +31,21 @@ from support.tls_server import CONNACK_ACCEPTED, RecordingTlsServer, parse_clien
 TIMEOUT = 5.0
 
 # --------------------------------------------------------------------------
-# Minimal MQTT 3.1.1 codec
+# MQTT over blocking sockets (the codec is support.packets)
 # --------------------------------------------------------------------------
 
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+MQTT_DISCONNECT = P.disconnect()
 
 
-def _utf8(s: str) -> bytes:
-    raw = s.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
-def mqtt_connect(client_id: str, *, clean_session: bool = True, keepalive: int = 30) -> bytes:
-    """Encode an MQTT 3.1.1 CONNECT packet."""
-    flags = 0x02 if clean_session else 0x00
-    body = _utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _utf8(client_id)
-    return b"\x10" + _remaining_length(len(body)) + body
-
-
-def mqtt_subscribe(packet_id: int, topic: str, qos: int) -> bytes:
-    """Encode a SUBSCRIBE for one topic filter."""
-    body = struct.pack("!H", packet_id) + _utf8(topic) + bytes([qos])
-    return b"\x82" + _remaining_length(len(body)) + body
-
-
-def mqtt_publish(topic: str, payload: bytes, *, qos: int = 0, packet_id: int = 1) -> bytes:
-    """Encode a PUBLISH."""
-    body = _utf8(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
-
-
-MQTT_DISCONNECT = b"\xe0\x00"
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(data)} of {n} bytes")
-        data += chunk
-    return data
-
-
-def read_packet(sock: socket.socket) -> tuple[int, bytes]:
-    """Read one MQTT packet; return (first byte, variable header + payload)."""
-    first = _recv_exact(sock, 1)[0]
-    multiplier, length = 1, 0
-    while True:
-        byte = _recv_exact(sock, 1)[0]
-        length += (byte & 0x7F) * multiplier
-        multiplier *= 128
-        if not byte & 0x80:
-            break
-    return first, _recv_exact(sock, length)
+def mqtt_connect(client_id: str, *, clean_session: bool = True) -> bytes:
+    """A CONNECT with keep-alive 30 s."""
+    return P.connect(client_id, keep_alive=30, clean_session=clean_session)
 
 
 def connect_and_get_connack(sock: socket.socket, client_id: str, *, clean_session: bool = True) -> bytes:
     """Send CONNECT, return the full CONNACK packet bytes."""
     sock.sendall(mqtt_connect(client_id, clean_session=clean_session))
-    first, body = read_packet(sock)
-    return bytes([first, len(body)]) + body
-
-
-def parse_publish(first: int, body: bytes) -> tuple[str, bytes, int, int | None]:
-    """Decode a PUBLISH body → (topic, payload, qos, packet id)."""
-    qos = (first >> 1) & 0x03
-    tlen = struct.unpack_from("!H", body, 0)[0]
-    topic = body[2 : 2 + tlen].decode()
-    pos = 2 + tlen
-    pid = None
-    if qos:
-        pid = struct.unpack_from("!H", body, pos)[0]
-        pos += 2
-    return topic, body[pos:], qos, pid
+    return P.recv(sock).raw
 
 
 def tcp(port: int) -> socket.socket:
@@ -148,7 +82,7 @@ def expect_rejected_after_connect(sock: ssl.SSLSocket) -> None:
     """
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         sock.sendall(mqtt_connect("refused"))
-        read_packet(sock)
+        P.recv(sock)
 
 
 # --------------------------------------------------------------------------
@@ -284,14 +218,13 @@ def test_plain_publish_subscribe_roundtrip(broker: Mosquitto, unique_topic: str)
     assert unique_topic.startswith("test/") and len(unique_topic) > 20
     with tcp(broker.port) as sub, tcp(broker.port) as pub:
         connect_and_get_connack(sub, "selfcheck-sub")
-        sub.sendall(mqtt_subscribe(7, unique_topic, 1))
-        first, body = read_packet(sub)
-        assert first == 0x90 and body == b"\x00\x07\x01"  # SUBACK, granted QoS 1
+        sub.sendall(P.subscribe(7, unique_topic, 1))
+        assert P.recv(sub).raw == b"\x90\x03\x00\x07\x01"  # SUBACK, granted QoS 1
         connect_and_get_connack(pub, "selfcheck-pub")
-        pub.sendall(mqtt_publish(unique_topic, b"hello", qos=0))
-        first, body = read_packet(sub)
-        assert first & 0xF0 == 0x30
-        assert parse_publish(first, body)[:2] == (unique_topic, b"hello")
+        pub.sendall(P.publish(unique_topic, b"hello", qos=0))
+        got = P.recv(sub)
+        assert got.type == P.PUBLISH
+        assert (got.topic, got.payload) == (unique_topic, b"hello")
 
 
 @pytest.mark.broker
@@ -382,14 +315,14 @@ def test_private_broker_persistence_restart_and_kill(pki: Pki, tmp_path: pathlib
         # Persistent session with a QoS 1 subscription, then go offline.
         with tcp(broker.port) as sock:
             assert connect_and_get_connack(sock, "persist", clean_session=False)[3] == 0
-            sock.sendall(mqtt_subscribe(1, topic, 1))
-            assert read_packet(sock)[0] == 0x90
+            sock.sendall(P.subscribe(1, topic, 1))
+            assert P.recv(sock).raw[0] == 0x90  # SUBACK
             sock.sendall(MQTT_DISCONNECT)
         # Queue a QoS 1 message for the offline session.
         with tcp(broker.port) as pub:
             connect_and_get_connack(pub, "persist-pub")
-            pub.sendall(mqtt_publish(topic, b"queued", qos=1, packet_id=9))
-            assert read_packet(pub) == (0x40, b"\x00\x09")  # PUBACK
+            pub.sendall(P.publish(topic, b"queued", qos=1, pkid=9))
+            assert P.recv(pub).raw == b"\x40\x02\x00\x09"  # PUBACK
 
         broker.restart()
         assert broker.ports == ports_before
@@ -399,8 +332,8 @@ def test_private_broker_persistence_restart_and_kill(pki: Pki, tmp_path: pathlib
         with tcp(broker.port) as sock:
             connack = connect_and_get_connack(sock, "persist", clean_session=False)
             assert connack == b"\x20\x02\x01\x00"  # session present after restart
-            first, body = read_packet(sock)
-            assert parse_publish(first, body)[:3] == (topic, b"queued", 1)
+            got = P.recv(sock)
+            assert (got.topic, got.payload, got.qos) == (topic, b"queued", 1)
 
         # A crash (SIGKILL) is also survivable and start() works afterwards.
         pid = broker.pid
@@ -432,7 +365,7 @@ def test_recording_server_records_sni_alpn_and_app_bytes(pki: Pki) -> None:
         with tls(server.port, ctx, server_hostname="abc123-ats.iot.eu-west-1.amazonaws.com") as sock:
             assert sock.selected_alpn_protocol() == "x-amzn-mqtt-ca"
             sock.sendall(connect)
-            assert _recv_exact(sock, 4) == CONNACK_ACCEPTED
+            assert P.recv(sock).raw == CONNACK_ACCEPTED
             sock.sendall(MQTT_DISCONNECT)
         (record,) = server.wait_for_connections(1)
     assert record.handshake_ok and record.handshake_error is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,16 +17,11 @@ from support.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.broker
 
-PINGREQ_BYTES = P.packet(P.PINGREQ, 0, b"")
+PINGREQ_BYTES = P.pingreq()
 
 
 def connect_bytes(client_id: str, *, keep_alive: int = 60, clean: bool = True) -> bytes:
-    body = P.string("MQTT") + bytes([4, 0x02 if clean else 0]) + struct.pack("!H", keep_alive) + P.string(client_id)
-    return P.packet(P.CONNECT, 0, body)
-
-
-def subscribe_bytes(pkid: int, topic: str, qos: int = 1) -> bytes:
-    return P.packet(P.SUBSCRIBE, 2, struct.pack("!H", pkid) + P.string(topic) + bytes([qos]))
+    return P.connect(client_id, keep_alive=keep_alive, clean_session=clean)
 
 
 def new_id() -> str:
@@ -36,18 +30,7 @@ def new_id() -> str:
 
 async def read_packet(reader: asyncio.StreamReader, timeout: float = 5.0) -> P.Packet:
     """Reads exactly one MQTT packet (IncompleteReadError at EOF)."""
-
-    async def read() -> P.Packet:
-        head = bytearray(await reader.readexactly(2))
-        while head[-1] & 0x80:
-            head += await reader.readexactly(1)
-        length, mult = 0, 1
-        for b in head[1:]:
-            length += (b & 0x7F) * mult
-            mult *= 128
-        return P.decode(bytes(head) + await reader.readexactly(length))
-
-    return await asyncio.wait_for(read(), timeout)
+    return await asyncio.wait_for(P.read(reader), timeout)
 
 
 async def read_eof_or_reset(reader: asyncio.StreamReader, timeout: float = 2.0) -> str:
@@ -128,7 +111,7 @@ async def test_relays_and_logs_both_directions(proxy: FaultProxy, clients: Clien
 
     # A payload far bigger than one read chunk survives byte-for-byte and is logged whole.
     payload = bytes(range(256)) * 1000
-    writer.write(subscribe_bytes(1, unique_topic, qos=0))
+    writer.write(P.subscribe(1, unique_topic, qos=0))
     assert (await read_packet(reader)).type == P.SUBACK
     writer.write(P.publish(unique_topic, payload, qos=1, pkid=7))
     got = [await read_packet(reader), await read_packet(reader)]
@@ -143,7 +126,7 @@ async def test_relays_and_logs_both_directions(proxy: FaultProxy, clients: Clien
         await proxy.wait_for_packet("b2c", P.PINGRESP, timeout=0.2)
 
     # A client DISCONNECT + FIN closes the relayed connection completely.
-    writer.write(P.packet(P.DISCONNECT, 0, b""))
+    writer.write(P.disconnect())
     writer.write_eof()
     assert await read_eof_or_reset(reader) == "eof"
     await wait_until(lambda: proxy.active == 0)
@@ -230,7 +213,7 @@ async def test_cut_after_broker_publish_loses_the_puback(
 ) -> None:
     cid = new_id()
     sub_r, sub_w, _ = await clients.mqtt(proxy.port, cid, clean=False)
-    sub_w.write(subscribe_bytes(1, unique_topic, qos=1))
+    sub_w.write(P.subscribe(1, unique_topic, qos=1))
     assert (await read_packet(sub_r)).type == P.SUBACK
 
     proxy.cut_after("b2c", P.PUBLISH)
@@ -323,7 +306,7 @@ async def test_delay_adds_latency_each_way_without_accumulating(proxy: FaultProx
 
 async def test_throttle_limits_bandwidth(proxy: FaultProxy, clients: Clients, unique_topic: str) -> None:
     reader, writer, _ = await clients.mqtt(proxy.port)
-    writer.write(subscribe_bytes(1, unique_topic, qos=0))
+    writer.write(P.subscribe(1, unique_topic, qos=0))
     assert (await read_packet(reader)).type == P.SUBACK
     payload = b"x" * 10_000
     proxy.throttle(25_000)

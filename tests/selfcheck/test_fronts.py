@@ -42,19 +42,11 @@ REF_PATH = REF_URL.removeprefix(f"wss://{REF_HOST}")
 REF_NOW = dt.datetime(2024, 1, 2, 3, 10, 0, tzinfo=dt.timezone.utc)
 REF_SECRETS = {REF_AKID: REF_SECRET}
 
-CONNACK_OK = b"\x20\x02\x00\x00"
+CONNACK_OK = P.connack()
 
 
 def mqtt_connect(client_id: str = "cid", user: str = "user", password: str = "pw") -> bytes:
-    body = (
-        P.string("MQTT")
-        + bytes([4, 0xC2])
-        + (60).to_bytes(2, "big")
-        + P.string(client_id)
-        + P.string(user)
-        + P.string(password)
-    )
-    return P.packet(P.CONNECT, 0, body)
+    return P.connect(client_id, username=user, password=password)
 
 
 def botocore_presign(host_header: str, akid: str, secret: str, region: str = "us-east-1") -> str:
@@ -202,10 +194,6 @@ async def read_packet(reader: asyncio.StreamReader, buffer: bytearray) -> P.Pack
         buffer += chunk
 
 
-def subscribe(topic: str, pkid: int = 1) -> bytes:
-    return P.packet(P.SUBSCRIBE, 2, pkid.to_bytes(2, "big") + P.string(topic) + bytes([0]))
-
-
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 async def test_tls_front_bulk_relay(broker, pki, unique_topic, version) -> None:  # type: ignore[no-untyped-def]
     """A 300 kB PUBLISH goes out and comes back through the front (many TLS records both ways)."""
@@ -218,7 +206,7 @@ async def test_tls_front_bulk_relay(broker, pki, unique_topic, version) -> None:
         try:
             writer.write(mqtt_connect(client_id=f"bulk-{version.name}"))
             assert (await read_packet(reader, buffer)).name == "CONNACK"
-            writer.write(subscribe(unique_topic))
+            writer.write(P.subscribe(1, unique_topic))
             assert (await read_packet(reader, buffer)).name == "SUBACK"
             writer.write(P.publish(unique_topic, payload))
             echoed = await read_packet(reader, buffer)
@@ -422,7 +410,7 @@ async def test_ws_front_bulk_relay_arbitrary_frames(broker, unique_topic) -> Non
     payload = bytes(range(256)) * 1200
     async with WsFront(broker.port) as front:
         async with ws_connect(front.url(), subprotocols=["mqtt"], open_timeout=5, max_size=None) as ws:  # type: ignore[list-item]
-            stream = mqtt_connect(client_id="ws-bulk") + subscribe(unique_topic)
+            stream = mqtt_connect(client_id="ws-bulk") + P.subscribe(1, unique_topic)
             await ws.send(stream[:1])
             await ws.send(stream[1:-5])  # rest of CONNECT + most of SUBSCRIBE in one frame
             await ws.send(stream[-5:])

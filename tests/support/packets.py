@@ -1,7 +1,20 @@
-"""Minimal MQTT 3.1.1 packet encoding/decoding for test brokers (independent of the client)."""
+"""Minimal MQTT 3.1.1 packet encoding/decoding, independent of the client under test.
+
+The one MQTT codec of the test suite and of the benchmark (``bench/mqttraw.py`` imports it):
+
+- encoders return a whole packet as ``bytes``: :func:`connect`, :func:`connack`,
+  :func:`publish`, :func:`puback`, :func:`subscribe`, :func:`suback`, :func:`unsuback`,
+  :func:`pingreq`, :func:`disconnect`; :func:`packet` builds any other (or a malformed) one
+  from type, flags and body;
+- :func:`decode` turns one whole packet into a :class:`Packet`; :func:`split` takes the
+  complete packets off the front of a buffer; :func:`recv` (blocking socket) and
+  :func:`read` (asyncio stream) read exactly one packet.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -31,8 +44,41 @@ def packet(ptype: int, flags: int, body: bytes) -> bytes:
 
 
 def string(s: str | bytes) -> bytes:
+    """A length-prefixed MQTT string (``bytes`` are taken as they are, even invalid UTF-8)."""
     b = s.encode() if isinstance(s, str) else s
     return struct.pack("!H", len(b)) + b
+
+
+def connect(
+    client_id: str,
+    *,
+    keep_alive: int = 60,
+    clean_session: bool = True,
+    username: str | None = None,
+    password: str | bytes | None = None,
+) -> bytes:
+    """CONNECT, protocol level 4 (MQTT 3.1.1), no will."""
+    flags = (0x02 if clean_session else 0) | (0x80 if username is not None else 0)
+    flags |= 0x40 if password is not None else 0
+    body = string("MQTT") + bytes([4, flags]) + struct.pack("!H", keep_alive) + string(client_id)
+    if username is not None:
+        body += string(username)
+    if password is not None:
+        body += string(password)
+    return packet(CONNECT, 0, body)
+
+
+def subscribe(pkid: int, topic_filter: str, qos: int = 0) -> bytes:
+    """SUBSCRIBE to one topic filter."""
+    return packet(SUBSCRIBE, 2, struct.pack("!H", pkid) + string(topic_filter) + bytes([qos]))
+
+
+def pingreq() -> bytes:
+    return packet(PINGREQ, 0, b"")
+
+
+def disconnect() -> bytes:
+    return packet(DISCONNECT, 0, b"")
 
 
 def connack(session_present: bool = False, code: int = 0) -> bytes:
@@ -51,7 +97,10 @@ def unsuback(pkid: int) -> bytes:
     return packet(UNSUBACK, 0, struct.pack("!H", pkid))
 
 
-def publish(topic: str, payload: bytes, qos: int = 0, pkid: int = 0, retain: bool = False, dup: bool = False) -> bytes:
+def publish(
+    topic: str | bytes, payload: bytes, qos: int = 0, pkid: int = 0, retain: bool = False, dup: bool = False
+) -> bytes:
+    """PUBLISH (``pkid`` only for QoS 1 and 2; a ``bytes`` topic is sent as it is)."""
     flags = (8 if dup else 0) | (qos << 1) | (1 if retain else 0)
     body = string(topic) + (struct.pack("!H", pkid) if qos else b"") + payload
     return packet(PUBLISH, flags, body)
@@ -164,3 +213,38 @@ def split(buffer: bytearray) -> list[bytes]:
         out.append(bytes(buffer[: i + length]))
         del buffer[: i + length]
     return out
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"EOF after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def recv(sock: socket.socket) -> Packet:
+    """Reads exactly one packet from a blocking socket (``ConnectionError`` at EOF)."""
+    head = bytearray(_recv_exact(sock, 2))
+    while head[-1] & 0x80:
+        head += _recv_exact(sock, 1)
+    return decode(bytes(head) + _recv_exact(sock, _length(head)))
+
+
+async def read(reader: asyncio.StreamReader) -> Packet:
+    """Reads exactly one packet from a stream (``IncompleteReadError`` at EOF)."""
+    head = bytearray(await reader.readexactly(2))
+    while head[-1] & 0x80:
+        head += await reader.readexactly(1)
+    return decode(bytes(head) + await reader.readexactly(_length(head)))
+
+
+def _length(head: bytes | bytearray) -> int:
+    """The remaining length of a fixed header (first byte, then the length bytes)."""
+    length, mult = 0, 1
+    for b in head[1:]:
+        length += (b & 0x7F) * mult
+        mult *= 128
+    return length

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from os import PathLike
 from types import TracebackType
 
+from . import packets as P
+
 __all__ = ["CONNACK_ACCEPTED", "ConnectionRecord", "RecordingTlsServer", "parse_client_hello"]
 
 HOST = "127.0.0.1"
 #: MQTT 3.1.1 CONNACK: session-present 0, return code 0 (accepted).
-CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
+CONNACK_ACCEPTED = P.connack()
 
 _HANDSHAKE_TIMEOUT = 5.0
 _SILENCE_TIMEOUT = 2.0
