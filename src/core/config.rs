@@ -2,6 +2,7 @@
 //! rejected here with [`Error::Config`] (or [`Error::Topic`] / [`Error::PayloadTooLarge`]),
 //! before any network I/O.
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +25,12 @@ pub const AWS_MAX_FILTERS_PER_SUBSCRIBE: usize = 8;
 pub const AWS_KEEP_ALIVE_SECS: std::ops::RangeInclusive<u64> = 30..=1200;
 /// AWS IoT: maximum subscriptions (distinct filters) per connection.
 pub const AWS_MAX_SUBSCRIPTIONS: usize = 50;
+/// AWS IoT: most un-acknowledged QoS 1 publishes per connection.
+pub const AWS_MAX_INFLIGHT: u16 = 100;
+/// Allowed ports.
+pub const PORT_RANGE: RangeInclusive<i64> = 1..=65_535;
+/// Allowed `PolicyViolationCheck.count` (drops in a row).
+pub const POLICY_COUNT_RANGE: RangeInclusive<i64> = 1..=u32::MAX as i64;
 /// MQTT 3.1.1 encodes the will message with a 16-bit length.
 pub const MAX_WILL_PAYLOAD: usize = 65_535;
 /// The longest duration accepted anywhere (timeouts, delays): one year. Longer values would
@@ -153,6 +160,34 @@ pub fn duration_from_secs(what: &str, secs: f64) -> Result<Duration> {
     Ok(d)
 }
 
+/// The one phrasing of an integer bound: `what must be lo..=hi, not value` (`at least lo` when
+/// there is no practical upper bound).
+///
+/// # Errors
+/// [`Error::Config`] when `value` is outside `range`.
+pub fn check_range(what: &str, value: i64, range: &RangeInclusive<i64>, note: &str) -> Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let allowed = if *range.end() == i64::MAX {
+        format!("at least {}", range.start())
+    } else {
+        format!("{}..={}", range.start(), range.end())
+    };
+    Err(Error::Config(format!(
+        "{what} must be {allowed}{note}, not {value}"
+    )))
+}
+
+/// The size of one subscription's message queue (`queue_size`): at least 1.
+///
+/// # Errors
+/// [`Error::Config`] below 1.
+pub fn queue_size(value: i64) -> Result<usize> {
+    check_range("queue_size", value, &(1..=i64::MAX), "")?;
+    usize::try_from(value).map_err(|_| Error::Config(format!("queue_size {value} is too large")))
+}
+
 impl Default for OfflineQueueConfig {
     fn default() -> Self {
         Self {
@@ -272,9 +307,7 @@ impl ClientConfig {
     /// [`Error::PayloadTooLarge`].
     pub fn validate(&self) -> Result<()> {
         validate_endpoint(&self.endpoint)?;
-        if self.port == 0 {
-            return Err(Error::Config("port must be 1..65535, not 0".into()));
-        }
+        check_range("port", self.port.into(), &PORT_RANGE, "")?;
         self.validate_client_id()?;
         if let Some(user) = &self.username {
             if user.len() > 65_535 {
@@ -302,24 +335,16 @@ impl ClientConfig {
         check_duration("operation_timeout", self.operation_timeout)?;
         check_duration("connect timeout", self.connect_timeout)?;
         if let Some(cap) = self.max_subscriptions {
-            let most = if self.limits == Limits::Aws {
-                AWS_MAX_SUBSCRIPTIONS
-            } else {
-                usize::MAX
-            };
-            if cap == 0 || cap > most {
-                return Err(Error::Config(format!(
-                    "max_subscriptions must be 1..={} with limits=\"aws\" (AWS IoT's per-connection quota), not {cap}",
-                    AWS_MAX_SUBSCRIPTIONS
-                )));
-            }
+            let (range, note) = Self::max_subscriptions_range(self.limits);
+            check_range("max_subscriptions", saturating(cap), &range, note)?;
         }
         if let Some(p) = &self.policy_check {
-            if p.count == 0 {
-                return Err(Error::Config(
-                    "PolicyViolationCheck.count must be at least 1".into(),
-                ));
-            }
+            check_range(
+                "PolicyViolationCheck.count",
+                p.count.into(),
+                &POLICY_COUNT_RANGE,
+                "",
+            )?;
             check_duration("PolicyViolationCheck.window", p.window)?;
         }
         if let Some(r) = &self.reconnect {
@@ -337,18 +362,33 @@ impl ClientConfig {
                 )));
             }
         }
-        let max_inflight = if self.limits == Limits::Aws {
-            100
-        } else {
-            65_535
-        };
-        if self.inflight == 0 || self.inflight > max_inflight {
-            return Err(Error::Config(format!(
-                "inflight must be 1..={max_inflight}, not {}",
-                self.inflight
-            )));
+        let (range, note) = Self::inflight_range(self.limits);
+        check_range("inflight", self.inflight.into(), &range, note)
+    }
+
+    /// Allowed `inflight` (un-acknowledged QoS 1 publishes) under `limits`, and the reason
+    /// shown with a refusal: AWS IoT's quota, else the 16-bit packet id space.
+    #[must_use]
+    pub fn inflight_range(limits: Limits) -> (RangeInclusive<i64>, &'static str) {
+        match limits {
+            Limits::Aws => (
+                1..=i64::from(AWS_MAX_INFLIGHT),
+                " with limits=\"aws\" (AWS IoT's in-flight quota)",
+            ),
+            Limits::Mqtt => (1..=65_535, ""),
         }
-        Ok(())
+    }
+
+    /// Allowed `max_subscriptions` under `limits`, and the reason shown with a refusal.
+    #[must_use]
+    pub fn max_subscriptions_range(limits: Limits) -> (RangeInclusive<i64>, &'static str) {
+        match limits {
+            Limits::Aws => (
+                1..=saturating(AWS_MAX_SUBSCRIPTIONS),
+                " with limits=\"aws\" (AWS IoT's per-connection quota)",
+            ),
+            Limits::Mqtt => (1..=i64::MAX, ""),
+        }
     }
 
     fn validate_client_id(&self) -> Result<()> {
@@ -414,6 +454,11 @@ impl ClientConfig {
         }
         Ok(())
     }
+}
+
+/// A count as `i64` (for [`check_range`]), saturating.
+fn saturating(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn check_duration(what: &str, d: Duration) -> Result<()> {

@@ -28,6 +28,7 @@ mod driver;
 pub mod error;
 pub mod message;
 pub mod net;
+pub mod options;
 pub mod protocol;
 pub mod secret;
 pub mod services;

@@ -1,8 +1,11 @@
 //! AWS IoT custom authorizers: what goes on the wire. Over MQTT (TCP, port 443, ALPN `mqtt`)
 //! the authorizer fields ride in the CONNECT user name as a query string; over WebSocket they
-//! can go in the upgrade request headers or query instead.
+//! can go in the upgrade request headers or query instead. [`CustomAuth`] is the authorizer as
+//! the application describes it; [`CustomAuth::place`] checks it and says where each field goes.
+//! The field names are spelled here and nowhere else.
 
 use crate::core::error::{Error, Result};
+use crate::core::secret::Secret;
 
 /// The authorizer name header / query key.
 pub const NAME_KEY: &str = "x-amz-customauthorizer-name";
@@ -52,6 +55,149 @@ impl AuthorizerFields {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.authorizer_name.is_none() && self.signature.is_none() && self.token.is_none()
+    }
+}
+
+/// Where the authorizer fields go over WebSocket (`credentials_in`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Upgrade request headers.
+    Headers,
+    /// Upgrade request URL query.
+    Query,
+    /// The CONNECT user name (as over MQTT).
+    Username,
+}
+
+impl Placement {
+    /// Parses `"headers"`, `"query"` or `"username"`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for anything else.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "headers" => Ok(Self::Headers),
+            "query" => Ok(Self::Query),
+            "username" => Ok(Self::Username),
+            other => Err(Error::Config(format!(
+                "credentials_in must be \"headers\", \"query\" or \"username\", not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A custom authorizer as the application describes it (Python's `CustomAuth`): the field
+/// values, and where they go. `Debug` never shows the token, signature, password or values.
+#[derive(Clone)]
+pub struct CustomAuth {
+    /// The authorizer name (`x-amz-customauthorizer-name`).
+    pub authorizer_name: Option<String>,
+    /// The token signature (`x-amz-customauthorizer-signature`).
+    pub signature: Option<Secret<String>>,
+    /// The token key name configured on the authorizer (goes with `token`).
+    pub token_key_name: Option<String>,
+    /// The token (goes with `token_key_name`).
+    pub token: Option<Secret<String>>,
+    /// CONNECT user name (the fields are appended to it when they go there).
+    pub username: Option<String>,
+    /// CONNECT password, passed through.
+    pub password: Option<Secret<String>>,
+    /// Extra upgrade request headers (WebSocket only).
+    pub headers: Vec<(String, Secret<String>)>,
+    /// Extra upgrade request query parameters (WebSocket only).
+    pub query: Vec<(String, Secret<String>)>,
+    /// MQTT over WebSocket instead of MQTT over TLS.
+    pub websockets: bool,
+    /// Over WebSocket: `"headers"` (the default), `"query"` or `"username"`.
+    pub credentials_in: String,
+}
+
+impl Default for CustomAuth {
+    fn default() -> Self {
+        Self {
+            authorizer_name: None,
+            signature: None,
+            token_key_name: None,
+            token: None,
+            username: None,
+            password: None,
+            headers: Vec::new(),
+            query: Vec::new(),
+            websockets: false,
+            credentials_in: "headers".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for CustomAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names =
+            |v: &[(String, Secret<String>)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        f.debug_struct("CustomAuth")
+            .field("authorizer_name", &self.authorizer_name)
+            .field("token_key_name", &self.token_key_name)
+            .field("username", &self.username)
+            .field("headers", &names(&self.headers))
+            .field("query", &names(&self.query))
+            .field("websockets", &self.websockets)
+            .field("credentials_in", &self.credentials_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a [`CustomAuth`] puts everything.
+#[derive(Debug, Default)]
+pub struct Placed {
+    /// Fields for the CONNECT user name (over MQTT, or `credentials_in="username"`).
+    pub username_fields: AuthorizerFields,
+    /// Upgrade request headers (checked with [`validate_header`]).
+    pub headers: Vec<(String, Secret<String>)>,
+    /// Upgrade request query parameters.
+    pub query: Vec<(String, Secret<String>)>,
+}
+
+impl CustomAuth {
+    /// Checks the description and says where each field goes: in the CONNECT user name over
+    /// MQTT (or with `credentials_in="username"`), else in the upgrade headers or query.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown `credentials_in`, a token without its key name (or the
+    /// reverse), headers or query without WebSocket, and invalid headers. Messages never
+    /// contain a token, signature or header value.
+    pub fn place(&self) -> Result<Placed> {
+        let placement = Placement::parse(&self.credentials_in)?;
+        let token = match (&self.token_key_name, &self.token) {
+            (Some(key), Some(token)) => Some((key.clone(), token.expose().clone())),
+            (None, None) => None,
+            _ => return Err(Error::Config("token and token_key_name go together".into())),
+        };
+        let upgrade_extras = !self.headers.is_empty() || !self.query.is_empty();
+        if upgrade_extras && !self.websockets {
+            return Err(Error::Config(
+                "headers and query need websockets=True (they go in the HTTP upgrade)".into(),
+            ));
+        }
+        let fields = AuthorizerFields {
+            authorizer_name: self.authorizer_name.clone(),
+            signature: self.signature.as_ref().map(|s| s.expose().clone()),
+            token,
+        };
+        let mut placed = Placed {
+            username_fields: AuthorizerFields::default(),
+            headers: self.headers.clone(),
+            query: self.query.clone(),
+        };
+        let pairs = || fields.pairs().into_iter().map(|(k, v)| (k, Secret::new(v)));
+        match placement {
+            _ if !self.websockets => placed.username_fields = fields.clone(),
+            Placement::Username => placed.username_fields = fields.clone(),
+            Placement::Headers => placed.headers.extend(pairs()),
+            Placement::Query => placed.query.extend(pairs()),
+        }
+        for (name, value) in &placed.headers {
+            validate_header(name, value.expose())?;
+        }
+        Ok(placed)
     }
 }
 
