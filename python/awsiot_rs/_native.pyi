@@ -1,7 +1,9 @@
 """Type stubs for the Rust extension ``awsiot_rs._native`` (private; use ``awsiot_rs``)."""
 
 from os import PathLike
-from typing import Any, final
+from typing import Any, TypedDict, Unpack, final
+
+from awsiot_rs.config import OfflineQueue, PolicyViolationCheck, Reconnect, Will
 
 __version__: str
 
@@ -69,44 +71,53 @@ class SubscriptionRef:
     def close(self, token: int | None = None) -> None:
         """Ends the subscription; future ``token`` completes at UNSUBACK."""
 
+class _AuthOptions(TypedDict, total=False):
+    """The auth objects as ``ClientRef`` takes them (``MtlsAuth._native_options()``, ...)."""
+
+    mtls: tuple[bytes, bytes]
+    sigv4: tuple[str, tuple[str, str, str | None] | None]  # keys, or None for the callable
+    custom_auth: dict[str, Any]
+
+class _ClientOptions(_AuthOptions, total=False):
+    """``ClientRef``'s keyword arguments: ``Client(...)``'s, the auth object as above and the
+    will's payload as bytes."""
+
+    port: int | None
+    client_id: str | None
+    tls: bool
+    ca_pem: bytes | None
+    alpn: list[str] | None
+    username: str | None
+    password: str | None
+    keep_alive: float
+    clean_session: bool
+    will: Will | None
+    limits: str
+    operation_timeout: float
+    connect_timeout: float
+    reconnect: Reconnect | None
+    offline_queue: OfflineQueue
+    log_file: str | PathLike[str] | None
+    inflight: int
+    max_subscriptions: int | None
+    policy_violation: PolicyViolationCheck | None
+
 @final
 class ClientRef:
     """Native client handle."""
 
-    def __new__(
-        cls,
-        endpoint: str,
-        port: int,
-        *,
-        client_id: str | None,
-        tls: bool,
-        ca_pem: bytes | None,
-        cert_pem: bytes | None,
-        key_pem: bytes | None,
-        alpn: list[str],
-        username: str | None,
-        password: str | None,
-        keep_alive: float,
-        clean_session: bool,
-        will: tuple[str, bytes, int, bool] | None,
-        limits: str,
-        operation_timeout: float,
-        connect_timeout: float,
-        reconnect: tuple[float, float, bool, int, float] | None,
-        offline_limit: int,
-        offline_qos0: bool,
-        log_file: str | PathLike[str] | None,
-        inflight: int,
-        websocket: bool = False,
-        ws_headers: list[tuple[str, str]] = ...,
-        ws_query: list[tuple[str, str]] = ...,
-        sigv4_region: str | None = None,
-        sigv4_keys: tuple[str, str, str | None] | None = None,
-        sigv4_callable: bool = False,
-        authorizer: tuple[str | None, str | None, tuple[str, str] | None] | None = None,
-        max_subscriptions: int | None = None,
-        policy_check: tuple[int, float] | None = ...,
-    ) -> ClientRef: ...
+    def __new__(cls, endpoint: str, **options: Unpack[_ClientOptions]) -> ClientRef:
+        """Builds the configuration (the core checks every value; ``ConfigError`` names what
+        was wrong) and the client."""
+    @staticmethod
+    def check_auth(**auth: Unpack[_AuthOptions]) -> None:
+        """Checks auth options on their own (raised where the auth object is built)."""
+    @staticmethod
+    def default_alpn(port: int, **auth: Unpack[_AuthOptions]) -> list[str]:
+        """The ALPN protocols offered on ``port`` when ``alpn`` is not given."""
+    @property
+    def port(self) -> int:
+        """The port (given, or derived from the auth and ``tls``)."""
     @property
     def client_id(self) -> str: ...
     @property

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -94,15 +93,13 @@ class MtlsAuth:
         """The certificate chain (PEM)."""
         return self._cert_pem
 
-    def _key(self) -> bytes:
-        return self._key_pem
+    def _native_options(self) -> dict[str, Any]:
+        """``_native.ClientRef``'s ``mtls=`` keyword argument."""
+        return {"mtls": (self._cert_pem, self._key_pem)}
 
     def __repr__(self) -> str:
         # Never show key material: only where it came from.
         return f"MtlsAuth({self._source})"
-
-
-_REGION = re.compile(r"^[a-z0-9-]+$")
 
 
 @dataclass(frozen=True)
@@ -155,8 +152,7 @@ class SigV4Auth:
         session_token: str | None = None,
         credentials: CredentialsProvider | None = None,
     ) -> None:
-        if not isinstance(region, str) or not _REGION.match(region):
-            raise ConfigError(f"region must look like 'us-east-1', not {region!r}")
+        _native.ClientRef.check_auth(sigv4=(region, None))
         self.region = region
         self.provider = credentials
         self._keys: tuple[str, str, str | None] | None = None
@@ -177,8 +173,9 @@ class SigV4Auth:
             )
         self._keys = (access_key, secret_key, session_token)
 
-    def _static_keys(self) -> tuple[str, str, str | None] | None:
-        return self._keys
+    def _native_options(self) -> dict[str, Any]:
+        """``_native.ClientRef``'s ``sigv4=`` keyword argument (keys ``None``: the callable)."""
+        return {"sigv4": (self.region, self._keys)}
 
     def __repr__(self) -> str:
         source = "callable" if self.provider is not None else f"access_key={self._keys[0]!r}" if self._keys else "?"
@@ -188,10 +185,9 @@ class SigV4Auth:
 class CustomAuth:
     """An AWS IoT custom authorizer.
 
-    Over MQTT (TCP, port 443, ALPN ``mqtt``) the authorizer fields travel in the CONNECT user
-    name as a percent-encoded query string
-    (``user?x-amz-customauthorizer-name=..&x-amz-customauthorizer-signature=..&<token_key_name>=<token>``);
-    ``password`` is passed through. With ``websockets=True`` they go where ``credentials_in``
+    Over MQTT (TCP, port 443, ALPN ``mqtt``) the authorizer fields (name, signature, and the
+    token under ``token_key_name``) travel in the CONNECT user name as a percent-encoded query
+    string appended to ``username``; ``password`` is passed through. With ``websockets=True`` they go where ``credentials_in``
     says: ``"headers"`` (upgrade request headers, the default), ``"query"`` (upgrade URL) or
     ``"username"``; ``headers``/``query`` add anything else to the upgrade request.
     ``repr()`` never shows the token, signature or password.
@@ -216,12 +212,6 @@ class CustomAuth:
         websockets: bool = False,
         credentials_in: Literal["headers", "query", "username"] = "headers",
     ) -> None:
-        if credentials_in not in ("headers", "query", "username"):
-            raise ConfigError(f'credentials_in must be "headers", "query" or "username", not {credentials_in!r}')
-        if (token is None) != (token_key_name is None):
-            raise ConfigError("token and token_key_name go together")
-        if not websockets and (headers or query):
-            raise ConfigError("headers and query need websockets=True (they go in the HTTP upgrade)")
         self.authorizer_name = authorizer_name
         self.token_key_name = token_key_name
         self._token = token
@@ -232,32 +222,26 @@ class CustomAuth:
         self.query = dict(query or {})
         self.websockets = bool(websockets)
         self.credentials_in = credentials_in
+        # The core checks the combination (and says where each field goes).
+        _native.ClientRef.check_auth(**self._native_options())
 
-    def _fields(self) -> list[tuple[str, str]]:
-        out = []
-        if self.authorizer_name is not None:
-            out.append(("x-amz-customauthorizer-name", self.authorizer_name))
-        if self._signature is not None:
-            out.append(("x-amz-customauthorizer-signature", self._signature))
-        if self.token_key_name is not None and self._token is not None:
-            out.append((self.token_key_name, self._token))
-        return out
-
-    def _native_args(self) -> dict[str, Any]:
-        """The arguments for the native client (headers, query, username fields)."""
-        headers = list(self.headers.items())
-        query = list(self.query.items())
-        authorizer = None
-        in_username = not self.websockets or self.credentials_in == "username"
-        if in_username:
-            if self._fields():
-                token = (self.token_key_name, self._token) if self.token_key_name is not None else None
-                authorizer = (self.authorizer_name, self._signature, token)
-        elif self.credentials_in == "headers":
-            headers += self._fields()
-        else:
-            query += self._fields()
-        return {"ws_headers": headers, "ws_query": query, "authorizer": authorizer}
+    def _native_options(self) -> dict[str, Any]:
+        """``_native.ClientRef``'s ``custom_auth=`` keyword argument: the values; the field
+        names and where they go are the core's business."""
+        return {
+            "custom_auth": {
+                "authorizer_name": self.authorizer_name,
+                "signature": self._signature,
+                "token_key_name": self.token_key_name,
+                "token": self._token,
+                "username": self.username,
+                "password": self._password,
+                "headers": list(self.headers.items()),
+                "query": list(self.query.items()),
+                "websockets": self.websockets,
+                "credentials_in": self.credentials_in,
+            }
+        }
 
     def __repr__(self) -> str:
         return (

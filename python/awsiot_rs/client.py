@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import math
-import os
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from . import _native
@@ -40,6 +39,7 @@ __all__ = ["Client", "LifecycleCallback", "derive_alpn"]
 LifecycleCallback = Callable[[Any], Union[None, Awaitable[None]]]
 
 _UNSET: Any = object()
+_NoneType = type(None)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -49,24 +49,23 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 def _seconds(name: str, value: float) -> float:
+    """``value`` as a float, refusing what is not a number (the core checks the range)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
     return float(value)
+
+
+def _auth_options(auth: MtlsAuth | SigV4Auth | CustomAuth | None) -> dict[str, Any]:
+    """The auth object as ``_native.ClientRef`` keyword arguments (``mtls=``, ``sigv4=`` or
+    ``custom_auth=``)."""
+    return {} if auth is None else auth._native_options()
 
 
 def derive_alpn(auth: MtlsAuth | SigV4Auth | CustomAuth | None, port: int) -> list[str]:
     """The ALPN protocols offered when ``alpn`` is not given: ``x-amzn-mqtt-ca`` for mutual TLS
     on port 443, ``mqtt`` for a custom authorizer over MQTT (not WebSocket) on 443, else none
-    (AWS IoT needs no ALPN on 8883 or for WebSocket)."""
-    if port != 443:
-        return []
-    if isinstance(auth, MtlsAuth):
-        return ["x-amzn-mqtt-ca"]
-    if isinstance(auth, CustomAuth) and not auth.websockets:
-        return ["mqtt"]
-    return []
+    (AWS IoT needs no ALPN on 8883 or for WebSocket). The core decides; this asks it."""
+    return _native.ClientRef.default_alpn(port, **_auth_options(auth))
 
 
 class Client:
@@ -112,124 +111,52 @@ class Client:
             policy_violation = PolicyViolationCheck()
         if offline_queue is _UNSET:
             offline_queue = OfflineQueue()
-        if not isinstance(endpoint, str):
-            raise ConfigError(f"endpoint must be a host name (str), not {type(endpoint).__name__}")
-        if auth is not None and not isinstance(auth, (MtlsAuth, SigV4Auth, CustomAuth)):
-            raise ConfigError(
-                f"auth must be MtlsAuth, SigV4Auth, CustomAuth or None, not {type(auth).__name__}"
-            )
-        if not tls and (auth is not None or ca is not None):
-            raise ConfigError(
-                f"tls=False cannot be combined with {type(auth).__name__ if auth is not None else 'ca'}: "
-                "certificates need TLS, and SigV4 signatures, session tokens and authorizer tokens "
-                "must never travel in cleartext (plain TCP is for local brokers without auth)"
-            )
-        if limits not in ("aws", "mqtt"):
-            raise ConfigError(f'limits must be "aws" or "mqtt", not {limits!r}')
-        websocket = isinstance(auth, SigV4Auth) or (isinstance(auth, CustomAuth) and auth.websockets)
-        if port is None:
-            if isinstance(auth, (SigV4Auth, CustomAuth)):
-                port = 443 if tls else 80
-            else:
-                port = 8883 if tls else 1883
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise ConfigError(f"port must be an integer 1..65535, not {port!r}")
-        if client_id is not None and not isinstance(client_id, str):
-            raise ConfigError(f"client_id must be a str, not {type(client_id).__name__}")
-        if alpn is None:
-            alpn = derive_alpn(auth, port)
-        elif isinstance(alpn, str) or not all(isinstance(p, str) and p for p in alpn):
-            raise ConfigError("alpn must be a list of non-empty protocol names, such as ['mqtt']")
-        ca_pem: bytes | None = None
-        if ca is not None:
-            ca_pem = bytes(ca) if isinstance(ca, (bytes, bytearray)) else read_pem_file(ca, "CA")
-            _native.check_ca(ca_pem)
-        if not isinstance(inflight, int) or isinstance(inflight, bool) or not 1 <= inflight <= 65535:
-            raise ConfigError(f"inflight must be an integer 1..65535, not {inflight!r}")
-        if not isinstance(offline_queue, OfflineQueue):
-            raise ConfigError("offline_queue must be an OfflineQueue")
-        if offline_queue.limit < 0:
-            raise ConfigError("OfflineQueue.limit must be >= 0")
-        will_args = None
-        if will is not None:
-            if not isinstance(will, Will):
-                raise ConfigError("will must be a Will(topic, payload, qos, retain)")
-            will_args = (will.topic, encode_payload(will.payload), will.qos, will.retain)
-        reconnect_args = None
-        if reconnect is not None:
-            if not isinstance(reconnect, Reconnect):
-                raise ConfigError("reconnect must be a Reconnect(...) or None")
-            reconnect_args = (
-                _seconds("Reconnect.min_delay", reconnect.min_delay),
-                _seconds("Reconnect.max_delay", reconnect.max_delay),
-                bool(reconnect.jitter),
-                int(reconnect.max_attempts),
-                _seconds("Reconnect.reset_after", reconnect.reset_after),
-            )
-        if max_subscriptions is not None and (
-            isinstance(max_subscriptions, bool) or not isinstance(max_subscriptions, int) or max_subscriptions < 1
+        # Only what is clearer said in Python is checked here: which object each argument is,
+        # and callables. The core converts and checks every value and bound once (ConfigError
+        # naming the argument and what it allows), before any I/O.
+        for name, value, kinds in (
+            ("auth", auth, (MtlsAuth, SigV4Auth, CustomAuth, _NoneType)),
+            ("will", will, (Will, _NoneType)),
+            ("reconnect", reconnect, (Reconnect, _NoneType)),
+            ("offline_queue", offline_queue, (OfflineQueue,)),
+            ("policy_violation", policy_violation, (PolicyViolationCheck, _NoneType)),
         ):
-            raise ConfigError(f"max_subscriptions must be an integer >= 1 or None, not {max_subscriptions!r}")
-        policy_args: tuple[int, float] | None = None
-        if policy_violation is not None:
-            if not isinstance(policy_violation, PolicyViolationCheck):
-                raise ConfigError("policy_violation must be a PolicyViolationCheck(count, window) or None")
-            count = policy_violation.count
-            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-                raise ConfigError(f"PolicyViolationCheck.count must be an integer 1..1000, not {count!r}")
-            policy_args = (count, _seconds("PolicyViolationCheck.window", policy_violation.window))
+            if not isinstance(value, kinds):
+                allowed = " or ".join(k.__name__ for k in kinds).replace("NoneType", "None")
+                raise ConfigError(f"{name} must be {allowed}, not {type(value).__name__}")
         for name, cb in (("on_connect", on_connect), ("on_disconnect", on_disconnect)):
             if cb is not None and not callable(cb):
                 raise ConfigError(f"{name} must be callable")
-        native_auth: dict[str, Any] = {"websocket": websocket}
-        if isinstance(auth, SigV4Auth):
-            native_auth.update(
-                sigv4_region=auth.region,
-                sigv4_keys=auth._static_keys(),
-                sigv4_callable=auth.provider is not None,
-            )
-        elif isinstance(auth, CustomAuth):
-            native_auth.update(auth._native_args())
-            if auth.username is not None:
-                if username is not None:
-                    raise ConfigError("give the user name either in CustomAuth or in Client, not both")
-                username = auth.username
-            if auth._password is not None:
-                if password is not None:
-                    raise ConfigError("give the password either in CustomAuth or in Client, not both")
-                password = auth._password
-        self._credentials_provider = auth.provider if isinstance(auth, SigV4Auth) else None
-        mtls = auth if isinstance(auth, MtlsAuth) else None
+        if ca is not None and not isinstance(ca, (bytes, bytearray)):
+            ca = read_pem_file(ca, "CA")
         self._native = _native.ClientRef(
             endpoint,
-            port,
+            port=port,
             client_id=client_id,
-            tls=bool(tls),
-            ca_pem=ca_pem,
-            cert_pem=mtls.cert_pem if mtls is not None else None,
-            key_pem=mtls._key() if mtls is not None else None,
-            alpn=list(alpn),
+            tls=tls,
+            ca_pem=None if ca is None else bytes(ca),
+            alpn=alpn,
             username=username,
             password=password,
-            keep_alive=_seconds("keep_alive", keep_alive),
-            clean_session=bool(clean_session),
-            will=will_args,
+            keep_alive=keep_alive,
+            clean_session=clean_session,
+            will=None if will is None else replace(will, payload=encode_payload(will.payload)),
             limits=limits,
-            operation_timeout=_seconds("operation_timeout", operation_timeout),
-            connect_timeout=_seconds("connect_timeout", connect_timeout),
-            reconnect=reconnect_args,
-            offline_limit=offline_queue.limit,
-            offline_qos0=offline_queue.qos0,
-            log_file=os.fspath(log_file) if log_file is not None else None,
+            operation_timeout=operation_timeout,
+            connect_timeout=connect_timeout,
+            reconnect=reconnect,
+            offline_queue=offline_queue,
+            log_file=log_file,
             inflight=inflight,
             max_subscriptions=max_subscriptions,
-            policy_check=policy_args,
-            **native_auth,
+            policy_violation=policy_violation,
+            **_auth_options(auth),
         )
+        self._credentials_provider = auth.provider if isinstance(auth, SigV4Auth) else None
         self._endpoint = endpoint
-        self._port = port
-        self._operation_timeout = _seconds("operation_timeout", operation_timeout)
-        self._connect_timeout = _seconds("connect_timeout", connect_timeout)
+        self._port = self._native.port
+        self._operation_timeout = float(operation_timeout)
+        self._connect_timeout = float(connect_timeout)
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._dispatcher: Dispatcher | None = None

@@ -174,8 +174,14 @@ pub fn check_range(what: &str, value: i64, range: &RangeInclusive<i64>, note: &s
     } else {
         format!("{}..={}", range.start(), range.end())
     };
+    // A host language saturates integers beyond i64 (see the binding): say so.
+    let beyond = match value {
+        i64::MAX => " or more",
+        i64::MIN => " or less",
+        _ => "",
+    };
     Err(Error::Config(format!(
-        "{what} must be {allowed}{note}, not {value}"
+        "{what} must be {allowed}{note}, not {value}{beyond}"
     )))
 }
 

@@ -1,29 +1,27 @@
 //! `_native.ClientRef`: converts Python arguments into the core configuration and forwards
 //! calls to `core::Client`. No protocol logic here.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt};
 
 use crate::core::auth::credentials::{self, CredentialsProvider};
-use crate::core::auth::custom_auth::{self, AuthorizerFields};
+use crate::core::auth::custom_auth::CustomAuth;
 use crate::core::auth::sigv4::AwsCredentials;
-use crate::core::config::{ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Will};
-use crate::core::net::tls::{self, ClientIdentity, TlsOptions};
-use crate::core::net::transport::Transport;
-use crate::core::net::websocket::{SigV4, WebSocket};
+use crate::core::config::QoS;
+use crate::core::options::{
+    AuthOptions, ClientOptions, OfflineQueueOptions, PolicyCheckOptions, ReconnectOptions,
+    WillOptions,
+};
 use crate::core::secret::Secret;
 use crate::core::services::request_response::{Request, Requests, Response};
-use crate::core::{Client, ClientEvent, Error, EventSink, Limits, SubscriptionQueue};
+use crate::core::{Client, ClientEvent, Error, EventSink, SubscriptionQueue};
 use crate::py::credentials::{PyProvider, Target};
-
-/// Custom-authorizer fields for the CONNECT user name: (name, signature, (token key, token)).
-type AuthorizerArgs = (Option<String>, Option<String>, Option<(String, String)>);
 
 /// Completes one reply when every part of a batch has completed. Each part accounts for
 /// itself: a part whose submission failed (its reply dropped uncalled) still counts down, so a
@@ -142,8 +140,6 @@ fn batch_error(first: &Error, indexes: &[usize]) -> Error {
     }
 }
 
-/// Cached temporary credentials are refreshed this long before they expire.
-const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
 use crate::py::errors::IntoPyResult;
 use crate::py::notifier::{self, Notifier, Output};
 use crate::py::runtime::{self, check_pid};
@@ -187,194 +183,23 @@ pub struct ClientRef {
 
 #[pymethods]
 impl ClientRef {
+    /// `endpoint` and `Client(...)`'s keyword arguments, converted by [`set_option`] into the
+    /// core's `ClientOptions`, which builds and validates the configuration.
     #[new]
-    #[pyo3(signature = (
-        endpoint, port, *, client_id, tls, ca_pem, cert_pem, key_pem, alpn,
-        username, password, keep_alive, clean_session, will, limits, operation_timeout,
-        connect_timeout, reconnect, offline_limit, offline_qos0, log_file, inflight,
-        websocket=false, ws_headers=Vec::new(), ws_query=Vec::new(), sigv4_region=None,
-        sigv4_keys=None, sigv4_callable=false, authorizer=None, max_subscriptions=None,
-        policy_check=Some((3, 2.0))
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (endpoint, **options))]
     fn new(
         py: Python<'_>,
-        endpoint: String,
-        port: u16,
-        client_id: Option<String>,
-        tls: bool,
-        ca_pem: Option<Vec<u8>>,
-        cert_pem: Option<Vec<u8>>,
-        key_pem: Option<Vec<u8>>,
-        alpn: Vec<String>,
-        username: Option<String>,
-        password: Option<String>,
-        keep_alive: f64,
-        clean_session: bool,
-        will: Option<(String, Vec<u8>, i64, bool)>,
-        limits: &str,
-        operation_timeout: f64,
-        connect_timeout: f64,
-        reconnect: Option<(f64, f64, bool, u32, f64)>,
-        offline_limit: usize,
-        offline_qos0: bool,
-        log_file: Option<PathBuf>,
-        inflight: u16,
-        websocket: bool,
-        ws_headers: Vec<(String, String)>,
-        ws_query: Vec<(String, String)>,
-        sigv4_region: Option<String>,
-        sigv4_keys: Option<(String, String, Option<String>)>,
-        sigv4_callable: bool,
-        authorizer: Option<AuthorizerArgs>,
-        max_subscriptions: Option<usize>,
-        policy_check: Option<(u32, f64)>,
+        endpoint: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let sink = Arc::new(SwitchSink::default());
-        let build = || -> crate::core::Result<ClientConfig> {
-            let limits = Limits::parse(limits)?;
-            let secret_in_upgrade = !ws_headers.is_empty() || !ws_query.is_empty();
-            if !tls && (sigv4_region.is_some() || authorizer.is_some() || secret_in_upgrade) {
-                return Err(Error::Config(
-                    "tls=False cannot be used with SigV4Auth or CustomAuth: their signature, session token or authorizer token would travel in cleartext (keep tls=True; plain TCP is only for local brokers without auth objects)".into(),
-                ));
-            }
-            let tls_config = if tls {
-                let client_auth = match (cert_pem, key_pem) {
-                    (Some(cert_pem), Some(key_pem)) => Some(ClientIdentity {
-                        cert_pem,
-                        key_pem: Secret::new(key_pem),
-                    }),
-                    (None, None) => None,
-                    _ => {
-                        return Err(Error::Config(
-                            "a client certificate needs both the certificate and the key".into(),
-                        ))
-                    }
-                };
-                Some(tls::client_config(&TlsOptions {
-                    ca_pem,
-                    client_auth,
-                    alpn: alpn.into_iter().map(String::into_bytes).collect(),
-                })?)
-            } else {
-                None
-            };
-            let transport = if websocket {
-                for (name, value) in &ws_headers {
-                    custom_auth::validate_header(name, value)?;
-                }
-                let sigv4 = match sigv4_region {
-                    None => None,
-                    Some(region) => {
-                        let provider: Arc<dyn CredentialsProvider> =
-                            match (sigv4_keys, sigv4_callable) {
-                                (Some((akid, secret, token)), false) => {
-                                    Arc::new(credentials::Static(AwsCredentials {
-                                        access_key_id: akid,
-                                        secret_access_key: Secret::new(secret),
-                                        session_token: token.map(Secret::new),
-                                        expiry: None,
-                                    }))
-                                }
-                                (None, true) => Arc::new(PyProvider {
-                                    target: Arc::clone(&sink.target),
-                                }),
-                                _ => {
-                                    return Err(Error::Config(
-                                        "SigV4 needs either keys or a credentials callable".into(),
-                                    ))
-                                }
-                            };
-                        Some(SigV4 {
-                            region,
-                            credentials: Arc::new(credentials::Cached::new(
-                                provider,
-                                CREDENTIALS_MARGIN,
-                            )),
-                        })
-                    }
-                };
-                let secret_pairs = |v: Vec<(String, String)>| -> Vec<(String, Secret<String>)> {
-                    v.into_iter().map(|(k, v)| (k, Secret::new(v))).collect()
-                };
-                Transport::WebSocket {
-                    tls: tls_config,
-                    ws: WebSocket {
-                        headers: secret_pairs(ws_headers),
-                        query: secret_pairs(ws_query),
-                        sigv4,
-                    },
-                }
-            } else {
-                match tls_config {
-                    Some(c) => Transport::Tls(c),
-                    None => Transport::Tcp,
-                }
-            };
-            let mut cfg = ClientConfig::new(endpoint, port, transport);
-            if let Some(id) = client_id {
-                cfg.client_id = id;
-                cfg.client_id_given = true;
-            }
-            cfg.username = match authorizer {
-                Some((authorizer_name, signature, token)) => custom_auth::username_with_fields(
-                    username.as_deref(),
-                    &AuthorizerFields {
-                        authorizer_name,
-                        signature,
-                        token,
-                    },
-                ),
-                None => username,
-            };
-            cfg.password = password.map(|p| Secret::new(p.into_bytes()));
-            cfg.keep_alive = seconds("keep_alive", keep_alive)?;
-            cfg.clean_session = clean_session;
-            cfg.limits = limits;
-            cfg.will = match will {
-                Some((topic, payload, qos, retain)) => Some(Will {
-                    topic,
-                    payload: Bytes::from(payload),
-                    qos: QoS::from_u8(qos)?,
-                    retain,
-                }),
-                None => None,
-            };
-            cfg.operation_timeout = seconds("operation_timeout", operation_timeout)?;
-            cfg.connect_timeout = seconds("connect_timeout", connect_timeout)?;
-            cfg.reconnect = match reconnect {
-                Some((min_delay, max_delay, jitter, max_attempts, reset_after)) => {
-                    Some(ReconnectConfig {
-                        min_delay: seconds("Reconnect.min_delay", min_delay)?,
-                        max_delay: seconds("Reconnect.max_delay", max_delay)?,
-                        jitter,
-                        max_attempts,
-                        reset_after: seconds("Reconnect.reset_after", reset_after)?,
-                    })
-                }
-                None => None,
-            };
-            cfg.offline_queue = OfflineQueueConfig {
-                limit: offline_limit,
-                qos0: offline_qos0,
-            };
-            cfg.log_file = log_file;
-            cfg.inflight = inflight;
-            cfg.max_subscriptions = max_subscriptions;
-            cfg.policy_check = match policy_check {
-                Some((count, window)) => Some(crate::core::config::PolicyCheck {
-                    count,
-                    window: seconds("PolicyViolationCheck.window", window)?,
-                }),
-                None => None,
-            };
-            Ok(cfg)
-        };
-        let config = build().py(py)?;
-        let handle = runtime::handle()?;
-        let client =
-            Arc::new(Client::new(config, handle, Arc::clone(&sink) as Arc<dyn EventSink>).py(py)?);
+        let mut o = ClientOptions::new(value::<String>("endpoint", endpoint, "a host name (str)")?);
+        for (key, v) in options.into_iter().flatten() {
+            set_option(&mut o, &key.extract::<String>()?, &v, &sink.target)?;
+        }
+        let config = o.build().py(py)?;
+        let events = Arc::clone(&sink) as Arc<dyn EventSink>;
+        let client = Arc::new(Client::new(config, runtime::handle()?, events).py(py)?);
         {
             let mut all = CLIENTS
                 .lock()
@@ -389,6 +214,28 @@ impl ClientRef {
             notifier: Mutex::new(None),
             pid: runtime::generation(),
         })
+    }
+
+    /// Checks auth options (`mtls=`, `sigv4=` or `custom_auth=`, as `ClientRef(...)` takes
+    /// them) on their own: `SigV4Auth` and `CustomAuth` call this so a mistake raises where the
+    /// auth object is built.
+    #[staticmethod]
+    #[pyo3(signature = (**auth))]
+    fn check_auth(py: Python<'_>, auth: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        auth_options(auth)?.validate().py(py)
+    }
+
+    /// The ALPN protocols offered on `port` with these auth options when `alpn` is not given.
+    #[staticmethod]
+    #[pyo3(signature = (port, **auth))]
+    fn default_alpn(port: u16, auth: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
+        Ok(auth_options(auth)?.default_alpn(port))
+    }
+
+    /// The port (given, or derived from the auth and `tls`).
+    #[getter]
+    fn port(&self) -> u16 {
+        self.client.config().port
     }
 
     /// Routes results and events through `notifier` (the current loop's); lifecycle events are
@@ -564,14 +411,12 @@ impl ClientRef {
         py: Python<'_>,
         filters: Vec<String>,
         qos: i64,
-        queue_size: usize,
+        queue_size: i64,
         token: u64,
     ) -> PyResult<SubscriptionRef> {
         check_pid(self.pid)?;
         let qos = QoS::from_u8(qos).py(py)?;
-        if queue_size == 0 {
-            return Err(Error::Config("queue_size must be at least 1".into())).py(py);
-        }
+        let queue_size = crate::core::config::queue_size(queue_size).py(py)?;
         let n = self.notifier(py)?;
         let queue = self.new_queue(&n, queue_size);
         self.client
@@ -586,10 +431,11 @@ impl ClientRef {
     }
 
     /// A queue receiving every message the client gets (`Client.messages()`).
-    fn messages(&self, py: Python<'_>, queue_size: usize) -> PyResult<SubscriptionRef> {
+    fn messages(&self, py: Python<'_>, queue_size: i64) -> PyResult<SubscriptionRef> {
         check_pid(self.pid)?;
+        let queue_size = crate::core::config::queue_size(queue_size).py(py)?;
         let n = self.notifier(py)?;
-        let queue = self.new_queue(&n, queue_size.max(1));
+        let queue = self.new_queue(&n, queue_size);
         self.client.subscribe_all(Arc::clone(&queue));
         Ok(self.subscription(n, queue))
     }
@@ -685,6 +531,248 @@ impl ClientRef {
         d.set_item("reconnects", s.reconnects)?;
         d.set_item("unrouted", s.unrouted)?;
         Ok(d)
+    }
+}
+
+// -- Python arguments → core::options::ClientOptions ------------------------------------------
+// Only types are checked here (a wrong type raises ConfigError naming the argument and what it
+// accepts); every bound is checked once, by `ClientOptions::build`.
+
+/// One keyword argument of `ClientRef(...)` (named as `Client(...)`'s parameter) into its field.
+fn set_option(
+    o: &mut ClientOptions,
+    key: &str,
+    v: &Bound<'_, PyAny>,
+    target: &Target,
+) -> PyResult<()> {
+    match key {
+        "port" => o.port = opt(v, |v| int(key, v))?,
+        "client_id" => o.client_id = value(key, v, "a str or None")?,
+        "tls" => o.tls = v.is_truthy()?,
+        "ca_pem" => o.ca_pem = value(key, v, "PEM bytes or None")?,
+        "alpn" => o.alpn = value(key, v, "a list of protocol names such as ['mqtt'], or None")?,
+        "username" => o.username = value(key, v, "a str or None")?,
+        "password" => {
+            o.password = value::<Option<String>>(key, v, "a str or None")?.map(Secret::new)
+        }
+        "keep_alive" => o.keep_alive = secs(key, v)?,
+        "clean_session" => o.clean_session = v.is_truthy()?,
+        "will" => o.will = opt(v, will)?,
+        "limits" => o.limits = value(key, v, "\"aws\" or \"mqtt\"")?,
+        "operation_timeout" => o.operation_timeout = secs(key, v)?,
+        "connect_timeout" => o.connect_timeout = secs(key, v)?,
+        "reconnect" => o.reconnect = opt(v, reconnect)?,
+        "offline_queue" => o.offline_queue = offline_queue(v)?,
+        "log_file" => o.log_file = value(key, v, "a path or None")?,
+        "inflight" => o.inflight = int(key, v)?,
+        "max_subscriptions" => o.max_subscriptions = opt(v, |v| int(key, v))?,
+        "policy_violation" => o.policy_violation = opt(v, policy_violation)?,
+        "mtls" | "sigv4" | "custom_auth" => o.auth = auth(key, v, target)?,
+        other => {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "ClientRef() got an unexpected keyword argument {other:?}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// `Will(topic, payload, qos, retain)`, its payload already bytes.
+fn will(v: &Bound<'_, PyAny>) -> PyResult<WillOptions> {
+    let f = Fields(v, "Will");
+    Ok(WillOptions {
+        topic: f.value("topic", "a str")?,
+        payload: f.value("payload", "bytes")?,
+        qos: f.int("qos")?,
+        retain: f.get("retain")?.is_truthy()?,
+    })
+}
+
+/// `Reconnect(min_delay, max_delay, jitter, max_attempts, reset_after)`.
+fn reconnect(v: &Bound<'_, PyAny>) -> PyResult<ReconnectOptions> {
+    let f = Fields(v, "Reconnect");
+    Ok(ReconnectOptions {
+        min_delay: f.secs("min_delay")?,
+        max_delay: f.secs("max_delay")?,
+        jitter: f.get("jitter")?.is_truthy()?,
+        max_attempts: f.int("max_attempts")?,
+        reset_after: f.secs("reset_after")?,
+    })
+}
+
+/// `OfflineQueue(limit, qos0)`.
+fn offline_queue(v: &Bound<'_, PyAny>) -> PyResult<OfflineQueueOptions> {
+    let f = Fields(v, "OfflineQueue");
+    Ok(OfflineQueueOptions {
+        limit: f.int("limit")?,
+        qos0: f.get("qos0")?.is_truthy()?,
+    })
+}
+
+/// `PolicyViolationCheck(count, window)`.
+fn policy_violation(v: &Bound<'_, PyAny>) -> PyResult<PolicyCheckOptions> {
+    let f = Fields(v, "PolicyViolationCheck");
+    Ok(PolicyCheckOptions {
+        count: f.int("count")?,
+        window: f.secs("window")?,
+    })
+}
+
+/// The auth keyword arguments alone (for the static methods).
+fn auth_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<AuthOptions> {
+    let mut o = ClientOptions::new("");
+    for (key, v) in kwargs.into_iter().flatten() {
+        set_option(&mut o, &key.extract::<String>()?, &v, &Target::default())?;
+    }
+    Ok(o.auth)
+}
+
+/// `mtls=(cert_pem, key_pem)`, `sigv4=(region, (access_key, secret_key, session_token) or None
+/// for the client's credentials callable)` or `custom_auth={...}` (what `CustomAuth` holds).
+fn auth(key: &str, v: &Bound<'_, PyAny>, target: &Target) -> PyResult<AuthOptions> {
+    Ok(match key {
+        "mtls" => {
+            let (cert_pem, key_pem): (Vec<u8>, Vec<u8>) = value(key, v, "(cert_pem, key_pem)")?;
+            AuthOptions::Mtls {
+                cert_pem,
+                key_pem: Secret::new(key_pem),
+            }
+        }
+        "sigv4" => {
+            type Keys = Option<(String, String, Option<String>)>;
+            let (region, keys): (Bound<'_, PyAny>, Keys) = value(key, v, "(region, keys or None)")?;
+            let credentials: Arc<dyn CredentialsProvider> = match keys {
+                Some((access_key_id, secret, token)) => {
+                    Arc::new(credentials::Static(AwsCredentials {
+                        access_key_id,
+                        secret_access_key: Secret::new(secret),
+                        session_token: token.map(Secret::new),
+                        expiry: None,
+                    }))
+                }
+                None => Arc::new(PyProvider {
+                    target: Arc::clone(target),
+                }),
+            };
+            AuthOptions::SigV4 {
+                region: value("region", &region, "a str such as 'us-east-1'")?,
+                credentials,
+            }
+        }
+        _ => {
+            let f = Fields(v, "CustomAuth");
+            let secret = |name| {
+                Ok::<_, PyErr>(
+                    f.value::<Option<String>>(name, "a str or None")?
+                        .map(Secret::new),
+                )
+            };
+            let pairs = |name| -> PyResult<Vec<(String, Secret<String>)>> {
+                let v: Vec<(String, String)> = f.value(name, "a mapping of str to str")?;
+                Ok(v.into_iter().map(|(k, v)| (k, Secret::new(v))).collect())
+            };
+            AuthOptions::Custom(CustomAuth {
+                authorizer_name: f.value("authorizer_name", "a str or None")?,
+                signature: secret("signature")?,
+                token_key_name: f.value("token_key_name", "a str or None")?,
+                token: secret("token")?,
+                username: f.value("username", "a str or None")?,
+                password: secret("password")?,
+                headers: pairs("headers")?,
+                query: pairs("query")?,
+                websockets: f.get("websockets")?.is_truthy()?,
+                credentials_in: f
+                    .value("credentials_in", "\"headers\", \"query\" or \"username\"")?,
+            })
+        }
+    })
+}
+
+/// The fields of a configuration object (`Reconnect`, `Will`, ... or a dict), read by name;
+/// errors name `Class.field`.
+struct Fields<'a, 'py>(&'a Bound<'py, PyAny>, &'static str);
+
+impl<'py> Fields<'_, 'py> {
+    fn name(&self, field: &str) -> String {
+        format!("{}.{field}", self.1)
+    }
+
+    fn get(&self, field: &str) -> PyResult<Bound<'py, PyAny>> {
+        match self.0.cast::<PyDict>() {
+            Ok(d) => d.as_any().get_item(field),
+            Err(_) => self.0.getattr(field),
+        }
+    }
+
+    fn int(&self, field: &str) -> PyResult<i64> {
+        int(&self.name(field), &self.get(field)?)
+    }
+
+    fn secs(&self, field: &str) -> PyResult<f64> {
+        secs(&self.name(field), &self.get(field)?)
+    }
+
+    fn value<T: FromPyObjectOwned<'py>>(&self, field: &str, allowed: &str) -> PyResult<T> {
+        value(&self.name(field), &self.get(field)?, allowed)
+    }
+}
+
+/// `None` as `None`, anything else through `f`.
+fn opt<'py, T>(
+    v: &Bound<'py, PyAny>,
+    f: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<T>,
+) -> PyResult<Option<T>> {
+    if v.is_none() {
+        Ok(None)
+    } else {
+        f(v).map(Some)
+    }
+}
+
+/// `ConfigError("<what> must be <allowed>, not <type>")`.
+fn wrong_type(v: &Bound<'_, PyAny>, what: &str, allowed: &str) -> PyErr {
+    let type_name = v
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".to_string(), |n| n.to_string());
+    crate::py::errors::to_pyerr(
+        v.py(),
+        &Error::Config(format!("{what} must be {allowed}, not {type_name}")),
+    )
+}
+
+/// Any value `T` converts from, else `wrong_type`.
+fn value<'py, T: FromPyObjectOwned<'py>>(
+    what: &str,
+    v: &Bound<'py, PyAny>,
+    allowed: &str,
+) -> PyResult<T> {
+    v.extract::<T>().map_err(|_| wrong_type(v, what, allowed))
+}
+
+/// An `int` (not a `bool`); one beyond `i64` saturates, for the core's bound to refuse.
+fn int(what: &str, v: &Bound<'_, PyAny>) -> PyResult<i64> {
+    if v.is_instance_of::<PyBool>() || !v.is_instance_of::<PyInt>() {
+        return Err(wrong_type(v, what, "an integer"));
+    }
+    match v.extract::<i64>() {
+        Ok(n) => Ok(n),
+        Err(_) if v.gt(0)? => Ok(i64::MAX),
+        Err(_) => Ok(i64::MIN),
+    }
+}
+
+/// A number of seconds (`int` or `float`, not `bool`); one beyond `f64` becomes infinite, for
+/// the core to refuse.
+fn secs(what: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let number = v.is_instance_of::<PyInt>() || v.is_instance_of::<PyFloat>();
+    if v.is_instance_of::<PyBool>() || !number {
+        return Err(wrong_type(v, what, "a number of seconds"));
+    }
+    match v.extract::<f64>() {
+        Ok(x) => Ok(x),
+        Err(_) if v.gt(0)? => Ok(f64::INFINITY),
+        Err(_) => Ok(f64::NEG_INFINITY),
     }
 }
 
