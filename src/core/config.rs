@@ -661,6 +661,27 @@ mod tests {
     }
 
     #[test]
+    fn integer_bounds_have_one_phrasing() {
+        let e = |v, r| check_range("n", v, &r, "").unwrap_err().to_string();
+        assert_eq!(e(0, 1..=5), "n must be 1..=5, not 0");
+        assert_eq!(e(-1, 0..=i64::MAX), "n must be at least 0, not -1");
+        assert_eq!(
+            e(i64::MAX, 1..=5),
+            "n must be 1..=5, not 9223372036854775807 or more"
+        );
+        assert_eq!(
+            e(i64::MIN, 1..=5),
+            "n must be 1..=5, not -9223372036854775808 or less"
+        );
+        assert!(check_range("n", 5, &(1..=5), "").is_ok());
+        assert_eq!(queue_size(1), Ok(1));
+        assert!(queue_size(0)
+            .unwrap_err()
+            .to_string()
+            .contains("queue_size must be at least 1"));
+    }
+
+    #[test]
     fn inflight_and_timeouts_are_checked() {
         let mut c = base();
         c.inflight = 0;
