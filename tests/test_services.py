@@ -222,19 +222,16 @@ async def test_fleet_provisioning_full_flow(broker, pki, tmp_path, caplog):
 
 async def test_fleet_provisioning_from_a_csr(broker, pki):
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "csr-device")]))
-           .sign(key, hashes.SHA256()))
+    from support.certs import ec_key, make_csr
+
+    key = ec_key()
+    csr = make_csr(key, "csr-device")
     svc = ProvisioningService("127.0.0.1", broker.port, ca_cert_path=pki.ca_cert, ca_key_path=pki.ca_key)
     svc.start()
     try:
         async with client(broker) as c:
-            resp = await c.fleet_provisioning().create_certificate_from_csr(csr.public_bytes(serialization.Encoding.PEM))
+            resp = await c.fleet_provisioning().create_certificate_from_csr(csr)
             cert = x509.load_pem_x509_certificate(resp.certificate_pem.encode())
             assert cert.public_key().public_numbers() == key.public_key().public_numbers()
             with pytest.raises(awsiot_rs.ProvisioningRejected):

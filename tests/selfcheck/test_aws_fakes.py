@@ -21,8 +21,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from support.aws_fakes import (
@@ -32,6 +32,7 @@ from support.aws_fakes import (
     ProvisioningService,
     ShadowService,
 )
+from support import certs
 from support.certs import Pki
 from support.mosquitto import HOST, Mosquitto, free_ports
 
@@ -768,23 +769,14 @@ def test_create_keys_and_certificate(
 
 
 def make_csr(key: Any, cn: str = "my-device") -> str:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
+    return certs.make_csr(key, cn).decode()
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ec"])
 def test_create_certificate_from_csr(
     provisioning: ProvisioningService, prov_probe: Probe, pki: Pki, algorithm: str
 ) -> None:
-    key: Any = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        if algorithm == "rsa"
-        else ec.generate_private_key(ec.SECP256R1())
-    )
+    key: Any = certs.rsa_key() if algorithm == "rsa" else certs.ec_key()
     prov_probe.publish(CREATE_CSR, {"certificateSigningRequest": make_csr(key)})
     created = prov_probe.expect(f"{CREATE_CSR}/accepted")
     assert set(created) == {"certificateId", "certificatePem", "certificateOwnershipToken"}
@@ -972,12 +964,10 @@ def test_csr_certificate_connects_over_mtls(
     pki: Pki,
     tmp_path: pathlib.Path,
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = certs.rsa_key()
     prov_probe.publish(CREATE_CSR, {"certificateSigningRequest": make_csr(key)})
     created = prov_probe.expect(f"{CREATE_CSR}/accepted")
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    key_pem = certs.key_pem(key, certs.PKCS8).decode()
     cert_path = write(tmp_path / "csr.crt", created["certificatePem"])
     key_path = write(tmp_path / "csr.key", key_pem)
     assert mqtt_connect_tls(broker, pki, cert_path, key_path) == 0  # CONNACK accepted

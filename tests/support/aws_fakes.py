@@ -54,9 +54,10 @@ from typing import Any, NamedTuple, Self
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from . import certs
 
 __all__ = [
     "FakeServiceError",
@@ -939,13 +940,7 @@ class ProvisioningService(_FakeService):
         templates: Mapping[str, Template] | None = None,
     ) -> None:
         super().__init__(host, port)
-        with open(ca_cert_path, "rb") as f:
-            self._ca_cert = x509.load_pem_x509_certificate(f.read())
-        with open(ca_key_path, "rb") as f:
-            ca_key = serialization.load_pem_private_key(f.read(), password=None)
-        if not isinstance(ca_key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-            raise TypeError("the CA key must be RSA or EC")
-        self._ca_key = ca_key
+        self._ca_cert, self._ca_key = certs.load_ca(ca_cert_path, ca_key_path)
         self.templates: dict[str, Template] = (
             {"default": default_template} if templates is None else dict(templates)
         )
@@ -1015,42 +1010,17 @@ class ProvisioningService(_FakeService):
     ) -> tuple[str, str, str]:
         """Sign a client certificate; return (certificateId, PEM, ownership token)."""
         certificate_id = secrets.token_hex(32)
-        if subject is None or len(subject) == 0:
-            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, certificate_id)])
         now = datetime.datetime.now(datetime.timezone.utc)
-        not_after = min(now + datetime.timedelta(days=365), self._ca_cert.not_valid_after_utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self._ca_cert.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()),
-                critical=False,
-            )
-            .sign(self._ca_key, hashes.SHA256())
+        cert = certs.make_leaf(
+            subject=certificate_id if subject is None or len(subject) == 0 else subject,
+            public_key=public_key,
+            ca_cert=self._ca_cert,
+            ca_key=self._ca_key,
+            eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+            not_before=now - datetime.timedelta(minutes=5),
+            not_after=min(now + datetime.timedelta(days=365), self._ca_cert.not_valid_after_utc),
         )
-        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        pem = certs.cert_pem(cert).decode()
         token = secrets.token_urlsafe(96)
         with self._state_lock:
             self.certificates[certificate_id] = IssuedCertificate(certificate_id, pem, source)
@@ -1058,13 +1028,9 @@ class ProvisioningService(_FakeService):
         return certificate_id, pem, token
 
     def _create_keys(self) -> JsonDict:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = certs.rsa_key()
         certificate_id, pem, token = self._issue(key.public_key(), None, "create")
-        private_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,  # PKCS#1, as AWS returns
-            serialization.NoEncryption(),
-        ).decode()
+        private_pem = certs.key_pem(key).decode()  # PKCS#1, as AWS returns
         marker = self.private_key_marker
         if marker:
             private_pem = f"{marker}\n{private_pem}"

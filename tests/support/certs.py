@@ -3,6 +3,12 @@
 Nothing produced here is ever committed: :func:`make_pki` writes every file
 into a caller-supplied (temporary) directory and returns a :class:`Pki`
 describing the paths.
+
+This is the one place of the test suite that makes keys, certificates and CSRs
+(the fake Fleet Provisioning service of :mod:`support.aws_fakes` signs with
+:func:`make_leaf` too): :func:`rsa_key`, :func:`ec_key`, :func:`make_ca`,
+:func:`make_leaf`, :func:`make_csr`, :func:`load_ca`, :func:`key_pem`,
+:func:`cert_pem`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ __all__ = [
     "CLIENT_KEY_PASSWORD",
     "GARBAGE_PEM",
     "Pki",
+    "cert_pem",
+    "ec_key",
+    "key_pem",
+    "load_ca",
+    "make_ca",
+    "make_csr",
+    "make_leaf",
     "make_pki",
+    "rsa_key",
     "write_pkcs12",
 ]
 
@@ -39,6 +53,11 @@ CLIENT_COMMON_NAME = "test-device"
 GARBAGE_PEM = "-----BEGIN CERTIFICATE-----\nnot base64 at all!!\n-----END CERTIFICATE-----\n"
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+#: RSA keys as PKCS#1 PEM, EC keys as SEC1 PEM (what AWS IoT hands out).
+PKCS1 = serialization.PrivateFormat.TraditionalOpenSSL
+PKCS8 = serialization.PrivateFormat.PKCS8
 
 
 @dataclass(frozen=True)
@@ -86,7 +105,7 @@ class Pki:
 
 
 # --------------------------------------------------------------------------
-# helpers
+# building blocks (also used by support.aws_fakes and the tests)
 # --------------------------------------------------------------------------
 
 
@@ -94,12 +113,46 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _rsa_key() -> rsa.RSAPrivateKey:
+def rsa_key() -> rsa.RSAPrivateKey:
+    """A fresh RSA 2048 key."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh EC P-256 key."""
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def key_pem(
+    key: PrivateKey,
+    fmt: serialization.PrivateFormat = PKCS1,
+    encryption: serialization.KeySerializationEncryption | None = None,
+) -> bytes:
+    """The private key as PEM (default: PKCS#1 / SEC1, unencrypted)."""
+    return key.private_bytes(serialization.Encoding.PEM, fmt, encryption or serialization.NoEncryption())
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_csr(key: PrivateKey, common_name: str) -> bytes:
+    """A PEM certificate signing request for ``CN=common_name``, signed by ``key``."""
+    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name)).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def load_ca(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> tuple[x509.Certificate, PrivateKey]:
+    """A CA certificate and its unencrypted RSA or EC key, from PEM files."""
+    cert = x509.load_pem_x509_certificate(pathlib.Path(cert_path).read_bytes())
+    key = serialization.load_pem_private_key(pathlib.Path(key_path).read_bytes(), password=None)
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise TypeError("the CA key must be RSA or EC")
+    return cert, key
 
 
 def _write(path: pathlib.Path, data: bytes, *, private: bool = False) -> pathlib.Path:
@@ -111,7 +164,7 @@ def _write(path: pathlib.Path, data: bytes, *, private: bool = False) -> pathlib
 
 
 def _write_cert(path: pathlib.Path, cert: x509.Certificate) -> pathlib.Path:
-    return _write(path, cert.public_bytes(serialization.Encoding.PEM))
+    return _write(path, cert_pem(cert))
 
 
 def _write_key(
@@ -120,15 +173,10 @@ def _write_key(
     fmt: serialization.PrivateFormat,
     encryption: serialization.KeySerializationEncryption | None = None,
 ) -> pathlib.Path:
-    data = key.private_bytes(
-        serialization.Encoding.PEM,
-        fmt,
-        encryption or serialization.NoEncryption(),
-    )
-    return _write(path, data, private=True)
+    return _write(path, key_pem(key, fmt, encryption), private=True)
 
 
-def _make_ca(
+def make_ca(
     common_name: str,
     key: rsa.RSAPrivateKey,
 ) -> x509.Certificate:
@@ -163,31 +211,35 @@ def _make_ca(
     )
 
 
-def _make_leaf(
+def make_leaf(
     *,
-    common_name: str,
-    key: PrivateKey,
+    subject: str | x509.Name,
+    public_key: PublicKey,
     ca_cert: x509.Certificate,
-    ca_key: rsa.RSAPrivateKey,
+    ca_key: PrivateKey,
     eku: x509.ObjectIdentifier,
     dns_names: tuple[str, ...] = (),
     ip_addresses: tuple[str, ...] = (),
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
 ) -> x509.Certificate:
-    """End-entity certificate signed by ``ca_key``."""
+    """End-entity certificate for ``public_key`` signed by ``ca_key``.
+
+    ``subject`` is a common name or a whole name; validity defaults to now-1 day ..
+    now+10 days.
+    """
     now = _now()
     if not_before is None:
         not_before = now - datetime.timedelta(days=1)
     if not_after is None:
         not_after = now + datetime.timedelta(days=10)
     is_client = eku == ExtendedKeyUsageOID.CLIENT_AUTH
-    is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(_name(subject) if isinstance(subject, str) else subject)
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
@@ -208,7 +260,7 @@ def _make_leaf(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -227,9 +279,9 @@ def _server_leaf(
     key: rsa.RSAPrivateKey,
     **kwargs: object,
 ) -> x509.Certificate:
-    return _make_leaf(
-        common_name="localhost",
-        key=key,
+    return make_leaf(
+        subject="localhost",
+        public_key=key.public_key(),
         ca_cert=ca_cert,
         ca_key=ca_key,
         eku=ExtendedKeyUsageOID.SERVER_AUTH,
@@ -244,9 +296,9 @@ def _client_leaf(
     ca_key: rsa.RSAPrivateKey,
     key: PrivateKey,
 ) -> x509.Certificate:
-    return _make_leaf(
-        common_name=CLIENT_COMMON_NAME,
-        key=key,
+    return make_leaf(
+        subject=CLIENT_COMMON_NAME,
+        public_key=key.public_key(),
         ca_cert=ca_cert,
         ca_key=ca_key,
         eku=ExtendedKeyUsageOID.CLIENT_AUTH,
@@ -267,23 +319,22 @@ def make_pki(directory: pathlib.Path) -> Pki:
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     d = directory
-    pkcs1 = serialization.PrivateFormat.TraditionalOpenSSL  # RSA -> PKCS#1, EC -> SEC1
-    pkcs8 = serialization.PrivateFormat.PKCS8
+    pkcs1, pkcs8 = PKCS1, PKCS8  # RSA -> PKCS#1, EC -> SEC1
     now = _now()
 
     # Root CA.
-    ca_key = _rsa_key()
-    ca_cert = _make_ca(CA_COMMON_NAME, ca_key)
+    ca_key = rsa_key()
+    ca_cert = make_ca(CA_COMMON_NAME, ca_key)
 
     # Good server.
-    server_key = _rsa_key()
+    server_key = rsa_key()
     server_cert = _server_leaf(ca_cert, ca_key, server_key)
 
     # Server whose name does not match localhost / 127.0.0.1.
-    wrong_host_key = _rsa_key()
-    wrong_host_cert = _make_leaf(
-        common_name="evil.example",
-        key=wrong_host_key,
+    wrong_host_key = rsa_key()
+    wrong_host_cert = make_leaf(
+        subject="evil.example",
+        public_key=wrong_host_key.public_key(),
         ca_cert=ca_cert,
         ca_key=ca_key,
         eku=ExtendedKeyUsageOID.SERVER_AUTH,
@@ -291,7 +342,7 @@ def make_pki(directory: pathlib.Path) -> Pki:
     )
 
     # Expired server.
-    expired_key = _rsa_key()
+    expired_key = rsa_key()
     expired_cert = _server_leaf(
         ca_cert,
         ca_key,
@@ -301,26 +352,26 @@ def make_pki(directory: pathlib.Path) -> Pki:
     )
 
     # RSA client (device) certificate.
-    client_key = _rsa_key()
+    client_key = rsa_key()
     client_cert = _client_leaf(ca_cert, ca_key, client_key)
 
     # EC P-256 client certificate.
-    client_ec_key = ec.generate_private_key(ec.SECP256R1())
+    client_ec_key = ec_key()
     client_ec_cert = _client_leaf(ca_cert, ca_key, client_ec_key)
 
     # Unrelated key.
-    other_key = _rsa_key()
+    other_key = rsa_key()
 
     # Second CA + client signed by it.
-    other_ca_key = _rsa_key()
-    other_ca_cert = _make_ca("awsiot_rs other test CA", other_ca_key)
-    other_client_key = _rsa_key()
+    other_ca_key = rsa_key()
+    other_ca_cert = make_ca("awsiot_rs other test CA", other_ca_key)
+    other_client_key = rsa_key()
     other_client_cert = _client_leaf(other_ca_cert, other_ca_key, other_client_key)
 
     # Fake root: same subject as the real CA, different key.
-    fake_ca_key = _rsa_key()
-    fake_ca_cert = _make_ca(CA_COMMON_NAME, fake_ca_key)
-    fake_server_key = _rsa_key()
+    fake_ca_key = rsa_key()
+    fake_ca_cert = make_ca(CA_COMMON_NAME, fake_ca_key)
+    fake_server_key = rsa_key()
     fake_server_cert = _server_leaf(fake_ca_cert, fake_ca_key, fake_server_key)
 
     return Pki(
