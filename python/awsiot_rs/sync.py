@@ -49,7 +49,7 @@ from . import client as _client
 from ._dispatch import logger
 from .auth import CustomAuth, MtlsAuth, PathLike, SigV4Auth
 from .config import ConnectResult, OfflineQueue, Payload, PolicyViolationCheck, Reconnect, Will
-from .errors import ClientClosedError
+from .errors import ClientClosedError, QueueFullError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -378,42 +378,113 @@ class Subscription:
         return f"<awsiot_rs.sync.Subscription {self.topic_filters!r} {state} pending={self.pending()}>"
 
 
+class _End:
+    """What a stream's pump queues last: the end of the stream, or the error it ended with."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+def _cancel_soon(task: asyncio.Task[Any]) -> None:
+    """Cancels ``task`` on its loop, from any thread."""
+    task.get_loop().call_soon_threadsafe(task.cancel)
+
+
 class SyncIterator(Generic[_T]):
     """A blocking iterator over one of the asyncio API's streams (``Shadow.deltas()``,
-    ``Jobs.notify()``, ...). ``close()`` (or leaving ``with``) ends it and releases its
-    subscription."""
+    ``Shadow.documents()``, ``Jobs.notify()``, ``Jobs.notify_next()``).
+
+    The stream starts on the background loop as soon as the iterator is created: its
+    SUBSCRIBE is queued before the constructor returns, so it goes out ahead of any later
+    operation of the same client (a ``shadow.update()`` made next finds the delta subscription
+    in place at the broker). Items wait in a one-item hand-over
+    queue, so a slow reader slows the subscription down (its own bounded queue applies).
+    ``close()`` (or leaving ``with``, or dropping the iterator) ends it and releases its
+    subscription.
+    """
 
     def __init__(self, bridge: _Bridge, stream: AsyncIterator[_T]) -> None:
         self._bridge = bridge
-        self._stream = stream
+        self._ended: _End | None = None
+
+        async def start() -> tuple[asyncio.Queue[_T | _End], asyncio.Task[None]]:
+            queue: asyncio.Queue[_T | _End] = asyncio.Queue(maxsize=1)
+            task = asyncio.ensure_future(self._pump(stream, queue))
+            await asyncio.sleep(0)  # the pump's first step runs: its SUBSCRIBE is queued
+            return queue, task
+
+        self._queue, self._task = bridge.wait(start)
+        # Dropped without close(): stop the pump (and release the subscription) on the loop.
+        self._finalizer = weakref.finalize(self, _cancel_soon, self._task)
+        self._finalizer.atexit = False
+
+    @staticmethod
+    async def _pump(stream: AsyncIterator[_T], queue: asyncio.Queue[_T | _End]) -> None:
+        """On the loop: moves the stream's items into ``queue``, then its end."""
+        try:
+            async for item in stream:
+                await queue.put(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - handed to the reader
+            await queue.put(_End(e))
+        else:
+            await queue.put(_End(None))
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _next(self, timeout: float | None) -> _T | _End:
+        if self._ended is not None:
+            return self._ended
+
+        async def next_item() -> _T | _End:
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
+
+        item = self._bridge.wait(next_item)
+        if isinstance(item, _End):
+            self._ended = item
+        return item
 
     def __iter__(self) -> Iterator[_T]:
         return self
 
     def __next__(self) -> _T:
-        try:
-            return self._bridge.wait(self._stream.__anext__)
-        except StopAsyncIteration:
-            raise StopIteration from None
+        item = self._next(None)
+        if isinstance(item, _End):
+            if item.error is not None:
+                raise item.error
+            raise StopIteration
+        return item
 
     def get(self, timeout: float | None = None) -> _T:
-        """The next item, waiting at most ``timeout`` seconds (``TimeoutError``); raises
-        ``ClientClosedError`` when the stream has ended (closed, or the client disconnected)."""
-
-        async def next_item() -> _T:
-            async with asyncio.timeout(timeout):
-                return await self._stream.__anext__()
-
-        try:
-            return self._bridge.wait(next_item)
-        except StopAsyncIteration:
-            raise ClientClosedError("the stream has ended: no more items") from None
+        """The next item, waiting at most ``timeout`` seconds (``TimeoutError``; nothing is
+        lost); raises ``ClientClosedError`` when the stream has ended (closed, or the client
+        disconnected)."""
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be >= 0 or None")
+        item = self._next(timeout)
+        if isinstance(item, _End):
+            if item.error is not None:
+                raise item.error
+            raise ClientClosedError("the stream has ended: no more items")
+        return item
 
     def close(self) -> None:
         """Ends the stream (its subscription is released)."""
-        aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
-            self._bridge.wait(aclose)
+        if self._ended is None:
+            self._ended = _End(None)
+        task = self._task
+
+        async def stop() -> None:
+            task.cancel()
+            await asyncio.wait([task])
+
+        self._bridge.wait(stop)
 
     def __enter__(self) -> SyncIterator[_T]:
         return self
@@ -747,6 +818,16 @@ class Client:
     def publish(self, topic: str, payload: Payload = b"", *, qos: int = 0, retain: bool = False) -> None:
         """Publishes a message: QoS 1 returns at its PUBACK, QoS 0 once accepted for sending.
         ``payload`` may be bytes-like, ``str`` (UTF-8) or ``dict``/``list`` (JSON)."""
+        if qos == 0:
+            # QoS 0 completes once queued: the same core call as publish_nowait, made from this
+            # thread; only a momentarily full submission queue needs the loop to wait for room.
+            self._bridge.check()
+            try:
+                self._aio.publish_nowait(topic, payload, qos=0, retain=retain)
+                return
+            except QueueFullError as e:
+                if not e.retry_when_writable:
+                    raise
         self._bridge.wait(lambda: self._aio.publish(topic, payload, qos=qos, retain=retain))
 
     def publish_many(
