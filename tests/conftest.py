@@ -4,16 +4,15 @@ Layout of ``tests/`` (this conftest applies to every folder below it):
 
 - ``test_*.py``: the product's tests, one module per capability;
 - ``support/``: the test doubles and tools they use (PKI, mosquitto, fake brokers, proxies,
-  AWS service fakes, the MQTT codec), importable as ``support`` (pyproject puts ``tests`` on
-  pytest's ``pythonpath``);
+  AWS service fakes, the MQTT codec, the client factory ``support.clients.make_client``),
+  importable as ``support`` (pyproject puts ``tests`` on pytest's ``pythonpath``);
 - ``selfcheck/``: tests of ``support/`` itself, which never import ``awsiot_rs``;
 - ``*.rs``, ``fuzz/``: the Rust core's integration and fuzz tests (``cargo test``).
 """
 
 from __future__ import annotations
 
-import pathlib
-import sys
+import functools
 import uuid
 from collections.abc import Iterator
 
@@ -70,28 +69,14 @@ def unique_topic() -> str:
 @pytest.fixture
 def plain_client(broker: Mosquitto):  # type: ignore[no-untyped-def]
     """Builds clients for the plain (TCP) listener: ``plain_client(**overrides)``."""
-    import awsiot_rs
+    from support.clients import make_client  # imports awsiot_rs: only when used
 
-    def make(**kwargs: object) -> awsiot_rs.Client:
-        opts: dict[str, object] = {"port": broker.port, "tls": False, "limits": "mqtt"}
-        opts.update(kwargs)
-        return awsiot_rs.Client("127.0.0.1", **opts)  # type: ignore[arg-type]
-
-    return make
+    return functools.partial(make_client, broker.port)
 
 
 @pytest.fixture
 def mtls_client(broker: Mosquitto, pki: Pki):  # type: ignore[no-untyped-def]
     """Builds clients for the mutual-TLS listener (endpoint ``localhost``, the test CA)."""
-    import awsiot_rs
+    from support.clients import make_client
 
-    def make(**kwargs: object) -> awsiot_rs.Client:
-        opts: dict[str, object] = {
-            "port": broker.mtls_port,
-            "ca": pki.ca_cert,
-            "auth": awsiot_rs.MtlsAuth(pki.client_cert, pki.client_key),
-        }
-        opts.update(kwargs)
-        return awsiot_rs.Client("localhost", **opts)  # type: ignore[arg-type]
-
-    return make
+    return functools.partial(make_client, broker.mtls_port, pki)

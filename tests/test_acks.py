@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 
 import pytest
 
 import awsiot_rs
 from support import packets as P
+from support.clients import make_client
 from support.fake_broker import FakeBroker
 
-
-def client(port: int, **kw: object) -> awsiot_rs.Client:
-    opts: dict[str, object] = {"tls": False, "port": port, "limits": "mqtt", "keep_alive": 30}
-    opts.update(kw)
-    return awsiot_rs.Client("127.0.0.1", **opts)  # type: ignore[arg-type]
+client = functools.partial(make_client, keep_alive=30)
 
 
 async def test_each_publish_completes_at_its_own_puback_under_shuffled_acks():

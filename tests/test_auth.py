@@ -10,6 +10,7 @@ import pytest
 import awsiot_rs
 from support import packets as P
 from support.certs import CLIENT_KEY_PASSWORD, write_pkcs12
+from support.clients import make_client
 from support.tls_server import RecordingTlsServer
 
 pytestmark = [pytest.mark.broker, pytest.mark.security]
@@ -141,9 +142,8 @@ async def test_custom_authorizer_over_tls_front_reaches_the_broker(broker, pki):
 
 
 def ws_client(front: WsFront, pki, auth, **kw):  # type: ignore[no-untyped-def]
-    opts = {"port": front.port, "ca": pki.ca_cert, "auth": auth, "reconnect": awsiot_rs.Reconnect(min_delay=0.1, max_delay=0.3, jitter=False)}
-    opts.update(kw)
-    return awsiot_rs.Client("localhost", **opts)
+    reconnect = awsiot_rs.Reconnect(min_delay=0.1, max_delay=0.3, jitter=False)
+    return make_client(front.port, pki, auth=auth, **{"reconnect": reconnect, **kw})
 
 
 async def test_sigv4_websocket_with_static_keys_round_trips(broker, pki, unique_topic):

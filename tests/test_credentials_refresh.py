@@ -10,6 +10,7 @@ import time
 import pytest
 
 import awsiot_rs
+from support.clients import make_client
 from support.fronts import WsFront
 
 pytestmark = [pytest.mark.broker, pytest.mark.security]
@@ -18,12 +19,8 @@ FAR = time.time() + 6 * 3600  # far from the 5-minute refresh margin
 
 
 def ws_client(front: WsFront, pki, auth, **kw):  # type: ignore[no-untyped-def]
-    opts = {
-        "port": front.port, "ca": pki.ca_cert, "auth": auth,
-        "reconnect": awsiot_rs.Reconnect(min_delay=0.1, max_delay=0.2, jitter=False),
-    }
-    opts.update(kw)
-    return awsiot_rs.Client("localhost", **opts)
+    reconnect = awsiot_rs.Reconnect(min_delay=0.1, max_delay=0.2, jitter=False)
+    return make_client(front.port, pki, auth=auth, **{"reconnect": reconnect, **kw})
 
 
 def provider_of(keys: list[tuple[str, str]], calls: list[str]):  # type: ignore[no-untyped-def]

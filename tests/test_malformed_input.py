@@ -21,6 +21,7 @@ import pytest
 
 import awsiot_rs
 from support import packets as P
+from support.clients import make_client
 from support.fake_broker import FakeBroker
 
 FAST = awsiot_rs.Reconnect(min_delay=0.1, max_delay=0.3, jitter=False)
@@ -35,16 +36,13 @@ class Harness:
     def __init__(self, port: int, **kw: object) -> None:
         self.events: list[object] = []
         opts: dict[str, object] = {
-            "port": port,
-            "tls": False,
-            "limits": "mqtt",
             "keep_alive": 5,
             "reconnect": FAST,
             "on_disconnect": self.events.append,
             "on_connect": self.events.append,
         }
         opts.update(kw)
-        self.client = awsiot_rs.Client("127.0.0.1", **opts)  # type: ignore[arg-type]
+        self.client = make_client(port, **opts)
 
     def disconnects(self) -> list[awsiot_rs.DisconnectEvent]:
         return [e for e in self.events if isinstance(e, awsiot_rs.DisconnectEvent)]

@@ -15,15 +15,12 @@ import pytest
 
 import awsiot_rs
 from support import packets as P
+from support.clients import make_client
 from support.fake_broker import FakeBroker
 
 FAST = awsiot_rs.Reconnect(min_delay=0.05, max_delay=0.2, jitter=False)
 
-
-def fake_client(port: int, **kw: Any) -> awsiot_rs.Client:
-    opts: dict[str, Any] = {"tls": False, "port": port, "limits": "mqtt", "keep_alive": 30}
-    opts.update(kw)
-    return awsiot_rs.Client("127.0.0.1", **opts)
+fake_client = functools.partial(make_client, keep_alive=30)
 
 
 async def take(sub: awsiot_rs.Subscription, n: int, timeout: float = 5.0) -> list[awsiot_rs.Message]:

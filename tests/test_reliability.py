@@ -17,6 +17,7 @@ import pytest
 
 import awsiot_rs
 from support import packets as P
+from support.clients import make_client
 from support.fake_broker import FakeBroker
 from support.mosquitto import Mosquitto
 
@@ -59,8 +60,8 @@ async def test_qos1_publisher_loses_no_acknowledged_message_across_a_broker_rest
     topic = f"restart/{uuid.uuid4().hex}"
     verifier = Verifier(broker.port, topic)
     events: list[object] = []
-    pub = awsiot_rs.Client(
-        "127.0.0.1", port=broker.port, tls=False, limits="mqtt", client_id=f"pub-{uuid.uuid4().hex[:8]}",
+    pub = make_client(
+        broker.port, client_id=f"pub-{uuid.uuid4().hex[:8]}",
         clean_session=False, keep_alive=5, reconnect=FAST, operation_timeout=20,
         offline_queue=awsiot_rs.OfflineQueue(limit=10_000), on_disconnect=events.append, on_connect=events.append,
     )
@@ -108,7 +109,7 @@ async def test_a_lost_session_is_resubscribed_and_delivery_resumes(pki, tmp_path
     broker = Mosquitto(pki, tmp_path / "broker")  # no persistence: the session is lost
     broker.start()
     connects: list[awsiot_rs.ConnectEvent] = []
-    c = awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt", keep_alive=5, reconnect=FAST, on_connect=connects.append)
+    c = make_client(broker.port, keep_alive=5, reconnect=FAST, on_connect=connects.append)
     try:
         async with c:
             sub = await c.subscribe(unique_topic, qos=1)
@@ -129,8 +130,7 @@ async def test_a_lost_session_is_resubscribed_and_delivery_resumes(pki, tmp_path
 async def test_offline_qos0_fails_fast_and_qos1_waits_then_flows(pki, tmp_path, unique_topic):
     broker = Mosquitto(pki, tmp_path / "broker")
     broker.start()
-    c = awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt", keep_alive=5, reconnect=FAST,
-                         offline_queue=awsiot_rs.OfflineQueue(limit=3))
+    c = make_client(broker.port, keep_alive=5, reconnect=FAST, offline_queue=awsiot_rs.OfflineQueue(limit=3))
     try:
         async with c:
             sub = await c.subscribe(unique_topic, qos=1)
@@ -156,7 +156,7 @@ async def test_offline_qos0_fails_fast_and_qos1_waits_then_flows(pki, tmp_path, 
 
 async def test_slow_consumer_backpressure_loses_no_qos1_message(broker, unique_topic):
     n = 300
-    async with awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt") as c:
+    async with make_client(broker.port) as c:
         sub = await c.subscribe(unique_topic, qos=1, queue_size=10)
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
         pub.connect("127.0.0.1", broker.port)
@@ -183,7 +183,7 @@ async def test_acknowledgements_wait_while_the_queue_is_over_capacity():
     # acknowledges only what fits in the queue (plus one batch taken by the iterator), so a
     # compliant broker (AWS: 100 un-acked per client) must stop: memory stays bounded.
     async with FakeBroker() as fb:
-        async with awsiot_rs.Client("127.0.0.1", port=fb.port, tls=False, limits="mqtt") as c:
+        async with make_client(fb.port) as c:
             sub = await c.subscribe("flood", qos=1, queue_size=10)
             for i in range(1, 301):
                 fb.send(P.publish("flood", str(i).encode(), qos=1, pkid=i))
@@ -203,9 +203,9 @@ async def test_acknowledgements_wait_while_the_queue_is_over_capacity():
 
 
 async def test_slow_consumer_drops_qos0_and_counts_it(broker, unique_topic):
-    async with awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt") as c:
+    async with make_client(broker.port) as c:
         sub = await c.subscribe(unique_topic, qos=0, queue_size=5)
-        sender = awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt")
+        sender = make_client(broker.port)
         async with sender:
             for i in range(200):
                 await sender.publish(unique_topic, str(i), qos=1)
@@ -220,7 +220,7 @@ async def test_slow_consumer_drops_qos0_and_counts_it(broker, unique_topic):
 async def test_timeouts_and_cancellation_leave_the_client_healthy():
     async with FakeBroker() as fb:
         fb.hold_pubacks = True
-        c = awsiot_rs.Client("127.0.0.1", port=fb.port, tls=False, limits="mqtt", inflight=100)
+        c = make_client(fb.port, inflight=100)
         async with c:
             rng = random.Random(11)
             outcomes = []
@@ -248,7 +248,7 @@ async def test_timeouts_and_cancellation_leave_the_client_healthy():
 async def test_operation_timeout_raises_operation_timeout():
     async with FakeBroker() as fb:
         fb.hold_pubacks = True
-        async with awsiot_rs.Client("127.0.0.1", port=fb.port, tls=False, limits="mqtt", operation_timeout=0.3) as c:
+        async with make_client(fb.port, operation_timeout=0.3) as c:
             with pytest.raises(awsiot_rs.OperationTimeout, match="not acknowledged within"):
                 await c.publish("t", b"x", qos=1)
             with pytest.raises(TimeoutError):
@@ -266,7 +266,7 @@ def _threads() -> int:
 async def test_many_async_with_cycles_leak_nothing_and_send_one_disconnect_each():
     async with FakeBroker() as fb:
         async def cycle() -> None:
-            c = awsiot_rs.Client("127.0.0.1", port=fb.port, tls=False, limits="mqtt")
+            c = make_client(fb.port)
             async with c:
                 await c.subscribe("t", callback=lambda m: c.stats())  # a cycle through the callback
                 await c.publish("t", b"x", qos=1)
@@ -286,7 +286,7 @@ async def test_many_async_with_cycles_leak_nothing_and_send_one_disconnect_each(
 
 
 async def test_a_client_holding_callbacks_is_garbage_collected(broker, unique_topic):
-    c = awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt")
+    c = make_client(broker.port)
     async with c:
         await c.subscribe(unique_topic, callback=lambda m: print(c))
     ref = weakref.ref(c)
@@ -304,8 +304,8 @@ async def test_half_open_connection_is_detected_within_the_keep_alive_bound_and_
     async with FaultProxy(target_port=broker.port) as proxy:
         lost: list[tuple[float, awsiot_rs.DisconnectEvent]] = []
         loop = asyncio.get_running_loop()
-        c = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", keep_alive=2,
-                             reconnect=FAST, on_disconnect=lambda e: lost.append((loop.time(), e)))
+        c = make_client(proxy.port, keep_alive=2, reconnect=FAST,
+                        on_disconnect=lambda e: lost.append((loop.time(), e)))
         async with c:
             sub = await c.subscribe(unique_topic, qos=1)
             await asyncio.sleep(0.5)
@@ -333,9 +333,9 @@ async def test_half_open_connection_is_detected_within_the_keep_alive_bound_and_
 
 async def test_pings_still_go_out_during_an_inbound_flood(broker, unique_topic):
     async with FaultProxy(target_port=broker.port) as proxy:
-        async with awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", keep_alive=1, reconnect=None) as c:
+        async with make_client(proxy.port, keep_alive=1, reconnect=None) as c:
             await c.subscribe(unique_topic, qos=0)
-            async with awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt") as flood:
+            async with make_client(broker.port) as flood:
                 end = asyncio.get_running_loop().time() + 3.5
                 while asyncio.get_running_loop().time() < end:
                     for _ in range(200):
@@ -348,12 +348,12 @@ async def test_pings_still_go_out_during_an_inbound_flood(broker, unique_topic):
 
 async def test_inbound_qos1_is_redelivered_after_a_cut_before_our_puback(broker, unique_topic):
     async with FaultProxy(target_port=broker.port) as proxy:
-        c = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", keep_alive=5,
-                             client_id=f"redeliver-{uuid.uuid4().hex[:8]}", clean_session=False, reconnect=FAST)
+        c = make_client(proxy.port, keep_alive=5,
+                        client_id=f"redeliver-{uuid.uuid4().hex[:8]}", clean_session=False, reconnect=FAST)
         async with c:
             sub = await c.subscribe(unique_topic, qos=1)
             proxy.cut_after("b2c", P.PUBLISH)
-            async with awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt") as sender:
+            async with make_client(broker.port) as sender:
                 await sender.publish(unique_topic, b"once", qos=1)
             got = [await asyncio.wait_for(sub.__anext__(), 10) for _ in range(2)]
             assert [m.payload for m in got] == [b"once", b"once"], "at least once: delivered again after the cut"
@@ -364,8 +364,8 @@ async def test_inbound_qos1_is_redelivered_after_a_cut_before_our_puback(broker,
 
 async def test_reconnect_attempts_follow_the_backoff(broker):
     async with FaultProxy(target_port=broker.port) as proxy:
-        c = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", keep_alive=5,
-                             reconnect=awsiot_rs.Reconnect(min_delay=0.2, max_delay=0.8, jitter=False))
+        c = make_client(proxy.port, keep_alive=5,
+                        reconnect=awsiot_rs.Reconnect(min_delay=0.2, max_delay=0.8, jitter=False))
         async with c:
             proxy.refuse(True)
             await proxy.cut()
@@ -387,8 +387,8 @@ async def test_duplicate_client_ids_do_not_cause_a_reconnect_storm(broker):
     cid = f"dup-{uuid.uuid4().hex[:8]}"
     async with FaultProxy(target_port=broker.port) as proxy:
         backoff = awsiot_rs.Reconnect(min_delay=0.5, max_delay=4, jitter=False, reset_after=30)
-        a = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", client_id=cid, reconnect=backoff)
-        b = awsiot_rs.Client("127.0.0.1", port=proxy.port, tls=False, limits="mqtt", client_id=cid, reconnect=backoff)
+        a = make_client(proxy.port, client_id=cid, reconnect=backoff)
+        b = make_client(proxy.port, client_id=cid, reconnect=backoff)
         await a.connect()
         await b.connect()
         await asyncio.sleep(6)

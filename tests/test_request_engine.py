@@ -6,6 +6,7 @@ playing the service, or mosquitto with the AWS service fakes."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import uuid
@@ -15,6 +16,7 @@ import pytest
 import awsiot_rs
 from support import packets as P
 from support.aws_fakes import JobsService
+from support.clients import make_client
 from support.fake_broker import FakeBroker
 
 #: The engine's bound on response topic pairs held at once (two filters each), kept below
@@ -56,10 +58,7 @@ class ServiceBroker(FakeBroker):
         return str(token)
 
 
-def fake_client(port: int, **kw: object) -> awsiot_rs.Client:
-    opts: dict[str, object] = {"tls": False, "port": port, "limits": "mqtt", "keep_alive": 30}
-    opts.update(kw)
-    return awsiot_rs.Client("127.0.0.1", **opts)  # type: ignore[arg-type]
+fake_client = functools.partial(make_client, keep_alive=30)
 
 
 # ------------------------------------------------------------------ (6) failures stay local
@@ -111,10 +110,8 @@ async def test_a_timed_out_response_subscription_fails_only_its_own_request():
 # --------------------------------------------------------- (7) bounded, idle pairs released
 
 
-def client(broker, **kw):  # type: ignore[no-untyped-def]
-    opts = {"port": broker.port, "tls": False, "limits": "mqtt", "operation_timeout": 5}
-    opts.update(kw)
-    return awsiot_rs.Client("127.0.0.1", **opts)
+#: Clients of the session broker's plain listener: ``client(broker.port, **overrides)``.
+client = functools.partial(make_client, operation_timeout=5)
 
 
 @pytest.fixture
@@ -188,7 +185,7 @@ async def test_thirty_job_ids_never_hold_more_than_the_bound_of_response_filters
     client_id = f"engine-{uuid.uuid4().hex[:8]}"
     log_start = len(broker.log_text())
     prefix = f"$aws/things/{thing}/jobs/"
-    async with client(broker, log_file=log, client_id=client_id) as c:
+    async with client(broker.port, log_file=log, client_id=client_id) as c:
         jobs = c.jobs(thing)
         for i in range(30):
             ex = await jobs.describe(f"job-{i}")
@@ -212,7 +209,7 @@ async def test_when_every_response_pair_is_busy_a_new_pair_fails_with_a_clear_er
     for i in range(MAX_PAIRS + 2):
         jobs_service.add_job(thing, f"job-{i}", {"n": i})
     jobs_service.delay(1.0)
-    async with client(broker) as c:
+    async with client(broker.port) as c:
         jobs = c.jobs(thing)
         results = await asyncio.gather(
             *(jobs.describe(f"job-{i}") for i in range(MAX_PAIRS + 1)), return_exceptions=True
@@ -237,7 +234,7 @@ async def test_an_idle_response_pair_is_unsubscribed_after_the_idle_time(broker,
     jobs_service.add_job(thing, "job-idle", {"n": 1})
     client_id = f"engine-{uuid.uuid4().hex[:8]}"
     log_start = len(broker.log_text())
-    async with client(broker, client_id=client_id) as c:
+    async with client(broker.port, client_id=client_id) as c:
         jobs = c.jobs(thing)
         assert await jobs.describe("job-idle") is not None
         loop = asyncio.get_running_loop()

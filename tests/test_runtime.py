@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-import awsiot_rs
+from support.clients import make_client
 
 pytestmark = pytest.mark.broker
 
@@ -22,7 +22,7 @@ def run_script(code: str, timeout: float = 30) -> subprocess.CompletedProcess[st
 
 
 def test_client_built_outside_the_loop_works_under_asyncio_run(broker, unique_topic):
-    c = awsiot_rs.Client("127.0.0.1", port=broker.port, tls=False, limits="mqtt")
+    c = make_client(broker.port)
 
     async def main() -> bytes:
         async with c:

@@ -4,6 +4,7 @@ jobs, reserved topics, lifecycle events."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import stat
@@ -14,14 +15,13 @@ import pytest
 import awsiot_rs
 from awsiot_rs import topics
 from support.aws_fakes import JobsService, ProvisioningService, ShadowService
+from support.clients import make_client
 
 pytestmark = pytest.mark.broker
 
 
-def client(broker, **kw):  # type: ignore[no-untyped-def]
-    opts = {"port": broker.port, "tls": False, "limits": "mqtt", "operation_timeout": 5}
-    opts.update(kw)
-    return awsiot_rs.Client("127.0.0.1", **opts)
+#: Clients of the session broker's plain listener: ``client(broker.port, **overrides)``.
+client = functools.partial(make_client, operation_timeout=5)
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_lifecycle_events_parse_into_typed_objects():
 
 
 async def test_shadow_get_update_delete_round_trip(broker, shadow_service, thing):
-    async with client(broker) as c:
+    async with client(broker.port) as c:
         shadow = c.shadow(thing)
         with pytest.raises(awsiot_rs.ShadowRejected) as missing:
             await shadow.get()
@@ -102,7 +102,7 @@ async def test_shadow_get_update_delete_round_trip(broker, shadow_service, thing
 
 async def test_subscribe_happens_before_the_first_request(broker, shadow_service, thing, tmp_path):
     log = tmp_path / "traffic.log"
-    async with client(broker, log_file=log) as c:
+    async with client(broker.port, log_file=log) as c:
         await c.shadow(thing).update(reported={"x": 1})
     lines = log.read_text().splitlines()
     suback = next(i for i, line in enumerate(lines) if " IN  SUBACK" in line)
@@ -111,7 +111,7 @@ async def test_subscribe_happens_before_the_first_request(broker, shadow_service
 
 
 async def test_named_and_classic_shadows_are_separate(broker, shadow_service, thing):
-    async with client(broker) as c:
+    async with client(broker.port) as c:
         await c.shadow(thing).update(reported={"classic": True})
         await c.shadow(thing, "config").update(reported={"named": True})
         assert (await c.shadow(thing).get())["state"]["reported"] == {"classic": True}
@@ -119,7 +119,7 @@ async def test_named_and_classic_shadows_are_separate(broker, shadow_service, th
 
 
 async def test_twenty_concurrent_updates_resolve_to_their_own_answers(broker, shadow_service, thing):
-    async with client(broker) as c:
+    async with client(broker.port) as c:
         shadow = c.shadow(thing)
         docs = await asyncio.gather(*(shadow.update(reported={f"k{i}": i}) for i in range(20)))
         for i, d in enumerate(docs):
@@ -129,7 +129,7 @@ async def test_twenty_concurrent_updates_resolve_to_their_own_answers(broker, sh
 
 
 async def test_duplicates_and_foreign_tokens_are_ignored(broker, shadow_service, thing):
-    async with client(broker) as c:
+    async with client(broker.port) as c:
         shadow = c.shadow(thing)
         shadow_service.duplicate_responses = True
         shadow_service.wrong_token_first = True
@@ -140,7 +140,7 @@ async def test_duplicates_and_foreign_tokens_are_ignored(broker, shadow_service,
 
 
 async def test_no_answer_times_out_and_the_client_keeps_working(broker, shadow_service, thing):
-    async with client(broker) as c:
+    async with client(broker.port) as c:
         shadow_service.drop_next(1)
         with pytest.raises(awsiot_rs.OperationTimeout):
             await asyncio.wait_for(c._request(shadow_service_topic(thing), {"state": {"reported": {"a": 1}}},
@@ -154,7 +154,7 @@ def shadow_service_topic(thing: str) -> str:
 
 
 async def test_rejections_surface_as_shadow_rejected(broker, shadow_service, thing):
-    async with client(broker) as c:
+    async with client(broker.port) as c:
         shadow_service.reject_next(code=400, message="Missing required node: state")
         with pytest.raises(awsiot_rs.ShadowRejected, match="400"):
             await c.shadow(thing).update(reported={"x": 1})
@@ -168,7 +168,7 @@ async def test_delta_stream_yields_new_versions_and_survives_a_lost_session(pki,
     svc = ShadowService("127.0.0.1", private.port, thing_names=[thing])
     svc.start()
     try:
-        c = client(private, reconnect=awsiot_rs.Reconnect(min_delay=0.2, max_delay=0.5, jitter=False), keep_alive=5)
+        c = client(private.port, reconnect=awsiot_rs.Reconnect(min_delay=0.2, max_delay=0.5, jitter=False), keep_alive=5)
         async with c:
             shadow = c.shadow(thing)
             deltas = shadow.deltas()
@@ -230,7 +230,7 @@ async def test_fleet_provisioning_from_a_csr(broker, pki):
     svc = ProvisioningService("127.0.0.1", broker.port, ca_cert_path=pki.ca_cert, ca_key_path=pki.ca_key)
     svc.start()
     try:
-        async with client(broker) as c:
+        async with client(broker.port) as c:
             resp = await c.fleet_provisioning().create_certificate_from_csr(csr)
             cert = x509.load_pem_x509_certificate(resp.certificate_pem.encode())
             assert cert.public_key().public_numbers() == key.public_key().public_numbers()
@@ -239,14 +239,14 @@ async def test_fleet_provisioning_from_a_csr(broker, pki):
     finally:
         svc.stop()
     with pytest.raises(awsiot_rs.ConfigError, match="json"):
-        client(broker).fleet_provisioning(fmt="xml")
+        client(broker.port).fleet_provisioning(fmt="xml")
 
 
 async def test_fleet_provisioning_with_cbor_payloads(broker, pki, tmp_path):
     svc = ProvisioningService("127.0.0.1", broker.port, ca_cert_path=pki.ca_cert, ca_key_path=pki.ca_key)
     svc.start()
     try:
-        async with client(broker) as c:
+        async with client(broker.port) as c:
             fp = c.fleet_provisioning(fmt="cbor")
             keys = await fp.create_keys_and_certificate()
             reg = await fp.register_thing("default", {"SerialNumber": "cb"},
@@ -266,7 +266,7 @@ async def test_jobs_flow(broker, thing):
     svc = JobsService("127.0.0.1", broker.port, thing_names=[thing])
     svc.start()
     try:
-        async with client(broker) as c:
+        async with client(broker.port) as c:
             jobs = c.jobs(thing)
             assert await jobs.start_next() is None
             notes = jobs.notify_next()

@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 import awsiot_rs
+from support.clients import make_client
 from support.fault_proxy import FaultProxy
 from support.mosquitto import Mosquitto
 from test_reliability import Verifier
@@ -30,8 +31,8 @@ async def test_soak_zero_loss_across_kills_restarts_and_cuts(pki, tmp_path):
     verifier = Verifier(broker.port, topic)
     outcome: dict[int, object] = {}
     async with FaultProxy(target_port=broker.port) as proxy:
-        pub = awsiot_rs.Client(
-            "127.0.0.1", port=proxy.port, tls=False, limits="mqtt", client_id=f"soak-{uuid.uuid4().hex[:8]}",
+        pub = make_client(
+            proxy.port, client_id=f"soak-{uuid.uuid4().hex[:8]}",
             clean_session=False, keep_alive=5, operation_timeout=60,
             reconnect=awsiot_rs.Reconnect(min_delay=0.2, max_delay=1.0),
             offline_queue=awsiot_rs.OfflineQueue(limit=100_000),

@@ -4,25 +4,19 @@ listener, and a failed handshake never leaks an MQTT byte."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
 import awsiot_rs
+from support.clients import make_client
 from support.tls_server import RecordingTlsServer
 
 pytestmark = [pytest.mark.broker, pytest.mark.security]
 
 
-def mtls(port: int, pki, **kw: object) -> awsiot_rs.Client:  # type: ignore[no-untyped-def]
-    opts: dict[str, object] = {
-        "port": port,
-        "ca": pki.ca_cert,
-        "auth": awsiot_rs.MtlsAuth(pki.client_cert, pki.client_key),
-        "reconnect": None,
-        "connect_timeout": 5,
-    }
-    opts.update(kw)
-    return awsiot_rs.Client("localhost", **opts)  # type: ignore[arg-type]
+#: ``mtls(port, pki, **overrides)``: the test device over mutual TLS, failing fast.
+mtls = functools.partial(make_client, reconnect=None, connect_timeout=5)
 
 
 @pytest.mark.parametrize(
