@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Tuple
 
 if TYPE_CHECKING:
     from .subscription import Callback, Subscription
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["RequestFn", "Requester", "Response", "SubscribeFn"]
 
 #: A service answer: ``(accepted, document, client_token)``.
-Response = tuple[bool, Any, str | None]
+Response = Tuple[bool, Any, Optional[str]]  # typing aliases: evaluated at import, also on 3.9
 
 
 class RequestFn(Protocol):
