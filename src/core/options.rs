@@ -498,6 +498,7 @@ fn transport(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::auth::custom_auth::{NAME_KEY, SIGNATURE_KEY};
     use crate::core::auth::sigv4::AwsCredentials;
 
     const SECRET: &str = "S3NTINEL";
@@ -759,7 +760,10 @@ mod tests {
         let c = o.build().unwrap();
         assert_eq!(
             c.username.as_deref(),
-            Some("alice?x-amz-customauthorizer-name=Auth&x-amz-customauthorizer-signature=S3NTINEL-sig&tok=S3NTINEL-token")
+            Some(
+                format!("alice?{NAME_KEY}=Auth&{SIGNATURE_KEY}=S3NTINEL-sig&tok=S3NTINEL-token")
+                    .as_str()
+            )
         );
         assert_eq!(c.password.unwrap().expose(), SECRET.as_bytes());
         assert!(matches!(c.transport, Transport::Tls(_)));
@@ -785,18 +789,12 @@ mod tests {
                 panic!("{:?}", c.transport)
             };
             assert!(tls.is_some() && ws.sigv4.is_none());
-            let has = |v: &[(String, Secret<String>)]| {
-                v.iter().any(|(k, _)| k == "x-amz-customauthorizer-name")
-            };
+            let has = |v: &[(String, Secret<String>)]| v.iter().any(|(k, _)| k == NAME_KEY);
             assert_eq!(has(&ws.headers), in_headers, "{placement}");
             assert_eq!(has(&ws.query), in_query, "{placement}");
             assert!(ws.headers.iter().any(|(k, _)| k == "x-extra"));
             let user = c.username.unwrap();
-            assert_eq!(
-                user.contains("x-amz-customauthorizer-name"),
-                in_user,
-                "{placement}"
-            );
+            assert_eq!(user.contains(NAME_KEY), in_user, "{placement}");
             assert!(user.starts_with("bob"));
         }
     }
