@@ -1,9 +1,13 @@
-"""Run a private mosquitto 2.0 broker on loopback for the test-suite.
+"""Run a private mosquitto 2.0 broker on loopback for the test-suite (and bench/).
 
-The broker gets one plain listener and several TLS listeners (good mTLS,
-server-auth-only TLS and three deliberately broken server identities), each on
-its own ephemeral port on 127.0.0.1. Everything (config, log, persistence
-database) lives in a private directory.
+By default the broker gets one plain listener and several TLS listeners (good
+mTLS, server-auth-only TLS and three deliberately broken server identities),
+each on its own ephemeral port on 127.0.0.1. Everything (config, log,
+persistence database) lives in a private directory.
+
+``bench/run.py`` runs the same class with ``listeners=("port", "mtls_port")``
+(or only ``"port"``, then no PKI is needed), its own ``settings`` and a
+``preexec_fn`` that pins the broker to a core.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from .certs import Pki
+if TYPE_CHECKING:  # no cryptography needed to run a plain broker
+    from .certs import Pki
 
 __all__ = ["HOST", "Mosquitto", "MosquittoError", "find_mosquitto", "free_ports"]
 
@@ -28,7 +35,8 @@ HOST = "127.0.0.1"
 _FALLBACK_BINARY = "/usr/sbin/mosquitto"
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
-_PORT_NAMES = (
+#: Every listener, by the name of its port attribute ("port" is the plain one).
+LISTENERS = (
     "port",
     "mtls_port",
     "tls_port",
@@ -36,6 +44,21 @@ _PORT_NAMES = (
     "expired_port",
     "fake_ca_port",
 )
+
+#: Global settings written to mosquitto.conf; ``Mosquitto(settings=...)`` overrides them.
+DEFAULT_SETTINGS: Mapping[str, str] = {
+    "per_listener_settings": "false",
+    "allow_anonymous": "true",
+    # We run as root; without this mosquitto drops privileges to the
+    # `mosquitto` user and then cannot read the 0600 key files.
+    "user": "root",
+    "log_type": "all",
+    "log_timestamp": "true",
+    "log_timestamp_format": "%Y-%m-%dT%H:%M:%S",
+    "connection_messages": "true",
+    "max_inflight_messages": "100",
+    "max_queued_messages": "10000",
+}
 
 
 class MosquittoError(RuntimeError):
@@ -101,6 +124,7 @@ class Mosquitto:
         Server cert issued by a root with the real CA's subject but a
         different key (client cert required).
 
+    A listener left out of ``listeners`` is not opened and its port is 0.
     Ports are chosen once, in the constructor, so :meth:`restart` brings the
     broker back on exactly the same ports.
     """
@@ -109,24 +133,42 @@ class Mosquitto:
 
     def __init__(
         self,
-        pki: Pki,
-        directory: pathlib.Path | None = None,
+        pki: Pki | None,
+        directory: str | os.PathLike[str] | None = None,
         *,
         persistence: bool = False,
         extra_config: str = "",
+        listeners: Iterable[str] = LISTENERS,
+        settings: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         """Prepare (but do not start) a broker.
 
-        :param pki: certificates from :func:`tests.support.certs.make_pki`.
+        :param pki: certificates from :func:`tests.support.certs.make_pki`
+            (may be None when ``listeners`` is only ``("port",)``).
         :param directory: working directory for config/log/persistence; a new
             temporary directory is created when omitted.
         :param persistence: enable on-disk persistence in ``directory`` so
             that sessions and queued messages survive :meth:`restart`.
         :param extra_config: extra global config lines appended *before* the
             listener sections.
+        :param listeners: the listeners to open (names from :data:`LISTENERS`,
+            which must include ``"port"``).
+        :param settings: global settings replacing or adding to
+            :data:`DEFAULT_SETTINGS`.
+        :param preexec_fn: run in the broker's process before it executes
+            (e.g. to pin it to a CPU or raise its file-descriptor limit).
         """
         self.binary = find_mosquitto()
+        self.listeners = tuple(name for name in LISTENERS if name in set(listeners))
+        unknown = set(listeners) - set(LISTENERS)
+        if unknown or "port" not in self.listeners:
+            raise ValueError(f"listeners must include 'port' and be among {LISTENERS}: {sorted(unknown)}")
+        if pki is None and self.listeners != ("port",):
+            raise ValueError("TLS listeners need a pki")
         self.pki = pki
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.preexec_fn = preexec_fn
         if directory is None:
             directory = pathlib.Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self.directory = pathlib.Path(directory)
@@ -149,34 +191,23 @@ class Mosquitto:
     fake_ca_port: int
 
     def _choose_ports(self) -> None:
-        for name, value in zip(_PORT_NAMES, free_ports(len(_PORT_NAMES))):
+        for name in LISTENERS:
+            setattr(self, name, 0)
+        for name, value in zip(self.listeners, free_ports(len(self.listeners))):
             setattr(self, name, value)
 
     @property
     def ports(self) -> dict[str, int]:
-        """Mapping of listener attribute name to port number."""
-        return {name: getattr(self, name) for name in _PORT_NAMES}
+        """Mapping of listener attribute name to port number (opened listeners only)."""
+        return {name: getattr(self, name) for name in self.listeners}
 
     # ----------------------------------------------------------------- config
 
     def config_text(self) -> str:
         """Return the mosquitto.conf content for the current ports/options."""
         pki = self.pki
-        lines = [
-            "# generated by tests/support/mosquitto.py",
-            "per_listener_settings false",
-            "allow_anonymous true",
-            # We run as root; without this mosquitto drops privileges to the
-            # `mosquitto` user and then cannot read the 0600 key files.
-            "user root",
-            f"log_dest file {self.log_path}",
-            "log_type all",
-            "log_timestamp true",
-            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
-            "connection_messages true",
-            "max_inflight_messages 100",
-            "max_queued_messages 10000",
-        ]
+        lines = ["# generated by tests/support/mosquitto.py", f"log_dest file {self.log_path}"]
+        lines += [f"{key} {value}" for key, value in self.settings.items()]
         if self.persistence:
             lines += [
                 "persistence true",
@@ -191,7 +222,11 @@ class Mosquitto:
 
         lines += ["", f"listener {self.port} {HOST}", "protocol mqtt"]
 
-        def tls_listener(port: int, cert: pathlib.Path, key: pathlib.Path, require: bool) -> None:
+        def tls_listener(name: str, cert: pathlib.Path, key: pathlib.Path, require: bool) -> None:
+            if name not in self.listeners:
+                return
+            assert pki is not None
+            port = getattr(self, name)
             lines.extend(
                 [
                     "",
@@ -205,11 +240,12 @@ class Mosquitto:
                 ]
             )
 
-        tls_listener(self.mtls_port, pki.server_cert, pki.server_key, True)
-        tls_listener(self.tls_port, pki.server_cert, pki.server_key, False)
-        tls_listener(self.wrong_host_port, pki.wrong_host_cert, pki.wrong_host_key, True)
-        tls_listener(self.expired_port, pki.expired_server_cert, pki.expired_server_key, True)
-        tls_listener(self.fake_ca_port, pki.fake_server_cert, pki.fake_server_key, True)
+        if pki is not None:
+            tls_listener("mtls_port", pki.server_cert, pki.server_key, True)
+            tls_listener("tls_port", pki.server_cert, pki.server_key, False)
+            tls_listener("wrong_host_port", pki.wrong_host_cert, pki.wrong_host_key, True)
+            tls_listener("expired_port", pki.expired_server_cert, pki.expired_server_key, True)
+            tls_listener("fake_ca_port", pki.fake_server_cert, pki.fake_server_key, True)
         return "\n".join(lines) + "\n"
 
     # -------------------------------------------------------------- lifecycle
@@ -240,6 +276,7 @@ class Mosquitto:
                 stdout=err,
                 stderr=err,
                 start_new_session=True,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + _START_TIMEOUT
         pending = list(self.ports.values())
