@@ -196,7 +196,7 @@ def decode(raw: bytes) -> Packet:
 
 def split(buffer: bytearray) -> list[bytes]:
     """Takes every complete packet off the front of ``buffer``."""
-    out = []
+    out: list[bytes] = []
     while len(buffer) >= 2:
         i, mult, length = 1, 1, 0
         while True:
