@@ -33,6 +33,7 @@ from support.aws_fakes import (
     ShadowService,
 )
 from support import certs
+from support import packets as P
 from support.certs import Pki
 from support.mosquitto import HOST, Mosquitto, free_ports
 
@@ -946,15 +947,12 @@ def mqtt_connect_tls(broker: Mosquitto, pki: Pki, cert: pathlib.Path, key: pathl
     """Send an MQTT 3.1.1 CONNECT over TLS; return the CONNACK return code."""
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
     context.load_cert_chain(str(cert), str(key))
-    client_id = b"probe-tls"
-    body = b"\x00\x04MQTT\x04\x02\x00\x1e" + len(client_id).to_bytes(2, "big") + client_id
     with socket.create_connection((HOST, broker.mtls_port), timeout=TIMEOUT) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(bytes([0x10, len(body)]) + body)
-            connack = tls.recv(4)
-            if len(connack) < 4:
-                raise ConnectionError(f"connection closed before CONNACK ({connack!r})")
-            return connack[3]
+            tls.sendall(P.connect("probe-tls", keep_alive=30))
+            connack = P.recv(tls)  # ConnectionError if closed before the CONNACK
+            assert connack.type == P.CONNACK, connack
+            return connack.body[1]
 
 
 def test_csr_certificate_connects_over_mtls(
