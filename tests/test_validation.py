@@ -121,6 +121,9 @@ async def test_bad_publish_input_raises_before_anything_is_sent(topic, exc, text
                 await c.subscribe("$aws/rules/r/x")
             with pytest.raises(awsiot_rs.ConfigError, match="at most 8"):
                 await c.subscribe([f"f{i}" for i in range(9)])
+        # DISCONNECT left the client before disconnect() returned; the broker (on this same
+        # loop) reads it on its next turn.
+        await fb.wait_for(lambda: len(fb.received) >= 2, timeout=5)
         assert [p.name for p in fb.received] == ["CONNECT", "DISCONNECT"]
 
 
