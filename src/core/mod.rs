@@ -35,11 +35,6 @@ pub mod services;
 pub mod shared;
 pub mod traffic_log;
 
-pub use auth::{credentials, custom_auth, keys, sigv4};
-pub use net::{tls, transport, websocket};
-pub use protocol::{backoff, inflight, queue, router, topic};
-pub use services::{cbor, request_response};
-
 pub use client::Client;
 pub use config::{ClientConfig, OfflineQueueConfig, QoS, ReconnectConfig, Will};
 pub use error::{DisconnectReason, Error, Result};

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::core::{tls, topic, Limits};
+use crate::core::net::tls;
+use crate::core::protocol::topic;
+use crate::core::Limits;
 use crate::py::errors::IntoPyResult;
 
 /// `awsiot_rs.topics.matches`.
@@ -63,7 +65,7 @@ fn decrypt_key<'py>(
     key_pem: &[u8],
     password: &[u8],
 ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-    let key = crate::core::keys::decrypt_private_key_pem(key_pem, password).py(py)?;
+    let key = crate::core::auth::keys::decrypt_private_key_pem(key_pem, password).py(py)?;
     Ok(pyo3::types::PyBytes::new(py, key.expose()))
 }
 
@@ -78,7 +80,7 @@ fn load_pkcs12<'py>(
     Bound<'py, pyo3::types::PyBytes>,
     Bound<'py, pyo3::types::PyBytes>,
 )> {
-    let id = crate::core::keys::identity_from_pkcs12(der, password).py(py)?;
+    let id = crate::core::auth::keys::identity_from_pkcs12(der, password).py(py)?;
     Ok((
         pyo3::types::PyBytes::new(py, &id.cert_pem),
         pyo3::types::PyBytes::new(py, id.key_pem.expose()),
@@ -101,7 +103,7 @@ fn presign_url(
     expires: f64,
 ) -> PyResult<String> {
     use crate::core::secret::Secret;
-    let creds = crate::core::sigv4::AwsCredentials {
+    let creds = crate::core::auth::sigv4::AwsCredentials {
         access_key_id: access_key,
         secret_access_key: Secret::new(secret_key),
         session_token: session_token.map(Secret::new),
@@ -114,7 +116,7 @@ fn presign_url(
         None => std::time::SystemTime::now(),
     };
     let expires = Duration::try_from_secs_f64(expires).unwrap_or(Duration::from_secs(300));
-    crate::core::sigv4::presign_url(host, port, region, &creds, at, expires).py(py)
+    crate::core::auth::sigv4::presign_url(host, port, region, &creds, at, expires).py(py)
 }
 
 /// Disconnects every client and stops the runtime (the `atexit` hook).

@@ -4,6 +4,7 @@
 //! the application describes it; [`CustomAuth::place`] checks it and says where each field goes.
 //! The field names are spelled here and nowhere else.
 
+use crate::core::auth::uri;
 use crate::core::error::{Error, Result};
 use crate::core::secret::Secret;
 
@@ -201,26 +202,12 @@ impl CustomAuth {
     }
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-#[must_use]
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `k1=v1&k2=v2`, each key and value percent-encoded.
 #[must_use]
 pub fn query_string(pairs: &[(String, String)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .map(|(k, v)| format!("{}={}", uri::encode(k), uri::encode(v)))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -325,7 +312,7 @@ mod tests {
     #[test]
     fn percent_encoding_keeps_unreserved_only() {
         assert_eq!(
-            percent_encode("a-b_c.d~e f+g/h=i"),
+            uri::encode("a-b_c.d~e f+g/h=i"),
             "a-b_c.d~e%20f%2Bg%2Fh%3Di"
         );
     }

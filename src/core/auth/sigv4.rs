@@ -17,8 +17,7 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-
+use crate::core::auth::uri;
 use crate::core::error::{Error, Result};
 use crate::core::secret::Secret;
 
@@ -134,9 +133,9 @@ pub fn presign_url(
     let mut url = format!("wss://{authority}/mqtt");
     for (i, (name, value)) in instructions.params().iter().enumerate() {
         url.push(if i == 0 { '?' } else { '&' });
-        url.push_str(&uri_encode(name));
+        url.push_str(&uri::encode(name));
         url.push('=');
-        url.push_str(&uri_encode(value));
+        url.push_str(&uri::encode(value));
     }
     Ok(url)
 }
@@ -174,20 +173,6 @@ pub fn redact_url(url: &str) -> String {
         out.push_str(fragment);
     }
     out
-}
-
-/// The characters RFC 3986 leaves unencoded (`A-Z a-z 0-9 - _ . ~`); SigV4 and AWS custom
-/// authorizers encode everything else.
-pub const RFC3986_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// RFC 3986 percent-encoding as SigV4 does it (upper-case hex).
-#[must_use]
-pub fn uri_encode(s: &str) -> String {
-    utf8_percent_encode(s, RFC3986_UNRESERVED).to_string()
 }
 
 fn validate_host(host: &str) -> Result<()> {
