@@ -244,6 +244,20 @@ def test_a_blocking_call_from_a_callback_raises_a_clear_error(sync_client, uniqu
         assert echo.get(timeout=5).payload == b"still alive"
 
 
+def test_system_exit_in_a_callback_does_not_stop_the_shared_loop(sync_client, unique_topic, caplog):
+    caplog.set_level(logging.ERROR, logger="awsiot_rs")
+    with sync_client() as c:
+        def leave(m: awsiot_rs.Message) -> None:
+            raise SystemExit(3)
+
+        c.subscribe(unique_topic + "/exit", callback=leave)
+        sub = c.subscribe(unique_topic + "/after")
+        c.publish(unique_topic + "/exit", b"bye", qos=1)
+        c.publish(unique_topic + "/after", b"still here", qos=1)
+        assert sub.get(timeout=5).payload == b"still here"
+        assert any("escaped a callback" in r.getMessage() for r in caplog.records)
+
+
 def test_an_async_callback_awaits_the_asyncio_client(sync_client, unique_topic):
     with sync_client() as c:
         echo = c.subscribe(unique_topic + "/echo")

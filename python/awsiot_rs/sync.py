@@ -97,18 +97,26 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self._stopping = False
         self.thread = threading.Thread(target=self._main, name="awsiot_rs-sync-loop", daemon=True)
         self.thread.start()  # the thread's ident is known once start() returns
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.loop.run_forever()
+            while not self._stopping:
+                try:
+                    self.loop.run_forever()
+                except BaseException:  # noqa: BLE001 - e.g. SystemExit raised by a callback
+                    # asyncio lets KeyboardInterrupt/SystemExit out of run_forever; every sync
+                    # client of the process depends on this loop, so it keeps running.
+                    logger.exception("awsiot_rs.sync: an exception escaped a callback on the background loop")
         finally:
             asyncio.set_event_loop(None)
 
     def stop(self, timeout: float) -> None:
         """Stops the loop and waits up to ``timeout`` seconds for the thread to end."""
+        self._stopping = True
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout)
