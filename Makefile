@@ -9,10 +9,11 @@ help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: install-deps
-install-deps: ## Install what a fresh machine lacks: mosquitto (apt), maturin and test packages (pip)
-	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
-		{ (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+install-deps: ## Install what a fresh machine lacks: mosquitto and tinyproxy (apt), maturin and test packages (pip)
+	@{ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } && test -x /usr/bin/tinyproxy || \
+		{ (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto tinyproxy >/dev/null; }
 	@systemctl disable --now mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true
+	@systemctl disable --now tinyproxy >/dev/null 2>&1 || service tinyproxy stop >/dev/null 2>&1 || true
 	$(PIP) install "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "cryptography>=42" "mypy>=1.10" "paho-mqtt>=2,<3" "websockets>=14" "botocore>=1.34" "cbor2>=5"
 
 .PHONY: build-dev

@@ -101,6 +101,7 @@ class _ClientOptions(_AuthOptions, total=False):
     inflight: int
     max_subscriptions: int | None
     policy_violation: PolicyViolationCheck | None
+    proxy: str | None
 
 @final
 class ClientRef:

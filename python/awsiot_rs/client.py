@@ -102,6 +102,7 @@ class Client:
         inflight: int = 100,
         max_subscriptions: int | None = None,
         policy_violation: PolicyViolationCheck | None = _UNSET,
+        proxy: str | None = None,
         on_connect: LifecycleCallback | None = None,
         on_disconnect: LifecycleCallback | None = None,
     ) -> None:
@@ -150,6 +151,7 @@ class Client:
             inflight=inflight,
             max_subscriptions=max_subscriptions,
             policy_violation=policy_violation,
+            proxy=proxy,
             **_auth_options(auth),
         )
         self._credentials_provider = auth.provider if isinstance(auth, SigV4Auth) else None

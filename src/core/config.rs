@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::core::error::{Error, Result};
+use crate::core::net::proxy::Proxy;
 use crate::core::net::transport::Transport;
 use crate::core::protocol::topic::{self, Limits};
 use crate::core::secret::Secret;
@@ -245,6 +246,8 @@ pub struct ClientConfig {
     pub max_subscriptions: Option<usize>,
     /// Policy-violation loop detection (`None` disables it).
     pub policy_check: Option<PolicyCheck>,
+    /// HTTP CONNECT proxy every connection goes through (`None`: direct).
+    pub proxy: Option<Proxy>,
 }
 
 /// A client id like `awsiot-rs-3f9a0c1d2e4b`.
@@ -278,6 +281,7 @@ impl ClientConfig {
             inflight: 100,
             max_subscriptions: None,
             policy_check: Some(PolicyCheck::default()),
+            proxy: None,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::core::config::{
     ReconnectConfig, Will, POLICY_COUNT_RANGE, PORT_RANGE,
 };
 use crate::core::error::{Error, Result};
+use crate::core::net::proxy::Proxy;
 use crate::core::net::tls::{self, ClientIdentity, TlsOptions};
 use crate::core::net::transport::Transport;
 use crate::core::net::websocket::{SigV4, WebSocket};
@@ -257,6 +258,9 @@ pub struct ClientOptions {
     pub max_subscriptions: Option<i64>,
     /// `None` disables policy-violation loop detection.
     pub policy_violation: Option<PolicyCheckOptions>,
+    /// HTTP CONNECT proxy: `http://[user:password@]host:port`, or `env` (`HTTPS_PROXY`,
+    /// honouring `NO_PROXY`); `None`: direct.
+    pub proxy: Option<Secret<String>>,
 }
 
 impl ClientOptions {
@@ -285,6 +289,7 @@ impl ClientOptions {
             inflight: 100,
             max_subscriptions: None,
             policy_violation: Some(PolicyCheckOptions::default()),
+            proxy: None,
         }
     }
 
@@ -353,6 +358,13 @@ impl ClientOptions {
             qos0: self.offline_queue.qos0,
         };
         cfg.log_file = self.log_file;
+        cfg.proxy = match &self.proxy {
+            None => None,
+            Some(p) if p.expose() == "env" => {
+                Proxy::from_env(&cfg.endpoint, |name| std::env::var(name).ok())?
+            }
+            Some(p) => Some(Proxy::parse(p.expose())?),
+        };
         let (range, note) = ClientConfig::inflight_range(limits);
         cfg.inflight = narrow("inflight", self.inflight, &range, note)?;
         let (range, note) = ClientConfig::max_subscriptions_range(limits);

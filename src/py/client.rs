@@ -564,6 +564,14 @@ fn set_option(
         "reconnect" => o.reconnect = opt(v, reconnect)?,
         "offline_queue" => o.offline_queue = offline_queue(v)?,
         "log_file" => o.log_file = value(key, v, "a path or None")?,
+        "proxy" => {
+            o.proxy = value::<Option<String>>(
+                key,
+                v,
+                "\"http://[user:password@]host:port\", \"env\" or None",
+            )?
+            .map(Secret::new);
+        }
         "inflight" => o.inflight = int(key, v)?,
         "max_subscriptions" => o.max_subscriptions = opt(v, |v| int(key, v))?,
         "policy_violation" => o.policy_violation = opt(v, policy_violation)?,

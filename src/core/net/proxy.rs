@@ -214,8 +214,9 @@ async fn tunnel_inner(proxy: &Proxy, endpoint: &str, port: u16) -> Result<TcpStr
     let reason = parts.next().unwrap_or("").trim();
     match code {
         Some(200..=299) if version.starts_with("HTTP/1.") => Ok(tcp),
-        Some(407) => Err(Error::Connect(format!(
-            "the proxy {name} requires authentication (HTTP 407 {reason}){}",
+        // 407 is the standard answer; some proxies (tinyproxy) answer 401.
+        Some(code @ (401 | 407)) => Err(Error::Connect(format!(
+            "the proxy {name} requires authentication (HTTP {code} {reason}){}",
             if proxy.credentials.is_some() {
                 ": the proxy user name or password was refused"
             } else {

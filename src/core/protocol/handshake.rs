@@ -70,7 +70,7 @@ async fn open_inner(cfg: &ClientConfig) -> Result<Opened> {
         &cfg.endpoint,
         cfg.port,
         &cfg.transport,
-        None,
+        cfg.proxy.as_ref(),
         cfg.connect_timeout,
     )
     .await?;
