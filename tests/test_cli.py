@@ -22,12 +22,14 @@ import pytest
 
 from awsiot_rs.cli import message_to_json
 from support.aws_fakes import ProvisioningService, ShadowService
+from support.http_proxy import Tinyproxy
 from support.mosquitto import free_ports
 
 pytestmark = pytest.mark.broker
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SENTINEL = "S3NTINEL-CLI-KEY"
+PROXY_SECRET = "S3NTINEL-CLI-PROXY-PW"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -210,6 +212,19 @@ def test_provision_writes_the_certificate_and_key_and_prints_no_secret(broker, p
             "--ca", str(pki.ca_cert), "--cert", str(out / "certificate.pem.crt"),
             "--key", str(out / "private.pem.key"), "--client-id", "thing-99")
     assert r.returncode == 0, r.stderr
+
+
+def test_through_an_http_proxy_given_in_the_environment_without_showing_its_password(broker, pki, tmp_path):
+    mtls = ["--endpoint", "localhost", "--port", str(broker.mtls_port), "--ca", str(pki.ca_cert),
+            "--cert", str(pki.client_cert), "--key", str(pki.client_key), "--verbose"]
+    with Tinyproxy(tmp_path, user="dev", password=PROXY_SECRET) as proxy:
+        r = run("pub", "proxied/hello", "hi", *mtls, env=clean_env(AWSIOT_PROXY=proxy.url("dev", PROXY_SECRET)))
+        assert r.returncode == 0, r.stderr
+        assert f"CONNECT localhost:{broker.mtls_port}" in proxy.log_text()
+        assert PROXY_SECRET not in r.stdout + r.stderr
+        wrong = run("pub", "proxied/hello", "hi", *mtls, "--proxy", proxy.url("dev", "wrong-" + PROXY_SECRET))
+        assert wrong.returncode == 3, wrong.stderr
+        assert "proxy" in wrong.stderr and PROXY_SECRET not in wrong.stdout + wrong.stderr
 
 
 # -- errors and exit codes -----------------------------------------------------------------------

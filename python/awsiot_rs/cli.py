@@ -77,12 +77,13 @@ _ENV = {
     "key": "AWSIOT_KEY",
     "ca": "AWSIOT_CA",
     "sigv4": "AWSIOT_SIGV4_REGION",
+    "proxy": "AWSIOT_PROXY",
 }
 
 _EPILOG = """\
 environment (each connection option may also come from it; options go before or after COMMAND):
   AWSIOT_ENDPOINT, AWSIOT_PORT, AWSIOT_CLIENT_ID, AWSIOT_CERT, AWSIOT_KEY, AWSIOT_CA,
-  AWSIOT_SIGV4_REGION (SigV4 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+  AWSIOT_PROXY, AWSIOT_SIGV4_REGION (SigV4 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
   AWS_SESSION_TOKEN, else wherever botocore finds them if it is installed)
 
 examples:
@@ -145,6 +146,7 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--key", default=s, metavar="FILE", help="private key, PEM (AWSIOT_KEY)")
     g.add_argument("--ca", default=s, metavar="FILE", help="trusted CA certificates, PEM (AWSIOT_CA; default Amazon roots)")
     g.add_argument("--sigv4", default=s, metavar="REGION", help="MQTT over WebSocket signed with SigV4 (AWSIOT_SIGV4_REGION)")
+    g.add_argument("--proxy", default=s, metavar="URL", help="HTTP CONNECT proxy http://[user:password@]host:port, or env for HTTPS_PROXY/NO_PROXY (AWSIOT_PROXY)")
     g.add_argument("--qos", default=s, type=int, choices=(0, 1), help="QoS for pub and sub (default 1)")
     g.add_argument("--timeout", default=s, type=float, metavar="S", help="seconds to wait for the connection and each answer (default 10)")
     g.add_argument("--log-file", default=s, metavar="FILE", help="append one line per MQTT packet to FILE (no payloads, no secrets)")
@@ -229,6 +231,7 @@ class _Options:
     key: str | None
     ca: str | None
     sigv4: str | None
+    proxy: str | None
     qos: int
     timeout: float
     log_file: str | None
@@ -273,6 +276,7 @@ def _resolve(args: argparse.Namespace, env: dict[str, str]) -> _Options:
         key=pick("key"),
         ca=pick("ca"),
         sigv4=pick("sigv4"),
+        proxy=pick("proxy"),
         qos=int(getattr(args, "qos", 1)),
         timeout=timeout,
         log_file=getattr(args, "log_file", None),
@@ -342,6 +346,7 @@ def _client(opts: _Options, env: dict[str, str]) -> Client:
         operation_timeout=opts.timeout,
         connect_timeout=opts.timeout,
         log_file=opts.log_file,
+        proxy=opts.proxy,
     )
 
 

@@ -729,6 +729,7 @@ class Client:
         inflight: int = 100,
         max_subscriptions: int | None = None,
         policy_violation: PolicyViolationCheck | None = PolicyViolationCheck(),
+        proxy: str | None = None,
         on_connect: _client.LifecycleCallback | None = None,
         on_disconnect: _client.LifecycleCallback | None = None,
     ) -> None:
@@ -755,6 +756,7 @@ class Client:
             inflight=inflight,
             max_subscriptions=max_subscriptions,
             policy_violation=policy_violation,
+            proxy=proxy,
             on_connect=on_connect,
             on_disconnect=on_disconnect,
         )
