@@ -48,6 +48,8 @@ class Message:
         """The payload parsed as JSON."""
     def matches(self, topic_filter: str) -> bool:
         """Whether the topic matches ``topic_filter`` (MQTT wildcards)."""
+    def _repr_html_(self) -> str:
+        """Jupyter's view: topic, flags, size and a short escaped preview of the payload."""
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 

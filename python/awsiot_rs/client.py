@@ -28,7 +28,7 @@ from .errors import ClientClosedError, ConfigError, QueueFullError
 from .jobs import Jobs
 from .provisioning import FleetProvisioning
 from .shadow import Shadow
-from .subscription import Callback, Subscription
+from .subscription import SECTION, Callback, Subscription, html_table
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -535,3 +535,16 @@ class Client:
             f"<awsiot_rs.Client endpoint={self._endpoint!r} port={self._port} "
             f"client_id={self.client_id!r} state={self._native.state}>"
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: endpoint, client id, state and the ``stats()`` counters (never
+        credentials: the auth object and the proxy are not shown)."""
+        rows: list[tuple[str, Any]] = [
+            ("endpoint", f"{self._endpoint}:{self._port}"),
+            ("client id", self.client_id),
+            ("state", self._native.state),
+            ("session present", self.session_present),
+            ("stats()", SECTION),
+        ]
+        rows += list(self.stats().items())
+        return html_table("awsiot_rs.Client", rows)

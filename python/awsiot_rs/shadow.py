@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import html
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Union
 
@@ -12,9 +15,84 @@ if TYPE_CHECKING:
     from ._requests import Requester
     from .subscription import Subscription
 
-__all__ = ["Shadow"]
+__all__ = ["Shadow", "ShadowDocument"]
 
 _UNSET: Any = object()
+
+#: Characters of one value shown in a ``ShadowDocument`` table cell.
+_CELL_CHARS = 60
+#: State keys shown in a ``ShadowDocument`` table (the rest are counted).
+_MAX_ROWS = 50
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def _cell(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text if len(text) <= _CELL_CHARS else text[: _CELL_CHARS - 1] + "…"
+
+
+class ShadowDocument(dict[str, Any]):
+    """A shadow document exactly as AWS sent it: a plain ``dict`` (``doc["state"]``,
+    ``doc["version"]``, ...) that Jupyter also shows as a table of its state keys, with one
+    column per section (``desired``, ``reported``, ``delta``), and its version."""
+
+    __slots__ = ()
+
+    def _state(self) -> tuple[dict[str, Any], list[str]]:
+        """The state and the sections to show as columns."""
+        doc: Any = self
+        if "state" not in doc and isinstance(doc.get("current"), dict):
+            doc = doc["current"]  # /update/documents: show the current document
+        state = doc.get("state")
+        if not isinstance(state, dict):
+            return {}, []
+        sections = [s for s in ("desired", "reported", "delta") if isinstance(state.get(s), dict)]
+        if sections:
+            return state, sections
+        return {"delta": state}, ["delta"]  # a /update/delta message: the state is the delta
+
+    def _repr_html_(self) -> str:
+        state, sections = self._state()
+        columns: dict[str, dict[str, Any]] = {section: {} for section in sections}
+        for section in sections:
+            _flatten("", state[section], columns[section])
+        keys = sorted({k for c in columns.values() for k in c})
+        title = "Shadow document"
+        current = self.get("current")
+        version = self.get("version", current.get("version") if isinstance(current, dict) else None)
+        if version is not None:
+            title += f", version {version}"
+        timestamp = self.get("timestamp")
+        if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
+            when = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+            title += f", {when:%Y-%m-%d %H:%M:%S} UTC"
+        out = [
+            '<table style="border-collapse:collapse">',
+            f'<caption style="text-align:left;font-weight:bold">{html.escape(title)}</caption>',
+            '<tr><th style="text-align:left">key</th>',
+        ]
+        out += [f'<th style="text-align:left">{html.escape(s)}</th>' for s in sections]
+        out.append("</tr>")
+        for key in keys[:_MAX_ROWS]:
+            out.append(f'<tr><td style="text-align:left"><code>{html.escape(key)}</code></td>')
+            for s in sections:
+                cell = html.escape(_cell(columns[s][key])) if key in columns[s] else ""
+                out.append(f'<td style="text-align:left"><code>{cell}</code></td>')
+            out.append("</tr>")
+        if len(keys) > _MAX_ROWS:
+            out.append(f'<tr><td colspan="{len(sections) + 1}">… {len(keys) - _MAX_ROWS} more keys</td></tr>')
+        if not keys:
+            out.append(f'<tr><td colspan="{len(sections) + 1}">(empty state)</td></tr>')
+        out.append("</table>")
+        return "".join(out)
 
 
 class Shadow:
@@ -47,11 +125,12 @@ class Shadow:
         )
         if not ok:
             raise ShadowRejected(doc.get("code"), str(doc.get("message", "")), doc.get("clientToken", token))
-        return dict(doc)
+        return ShadowDocument(doc)
 
     async def get(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The whole shadow document (``state`` with ``desired``/``reported``/``delta``,
-        ``metadata``, ``version``, ``timestamp``, ``clientToken``)."""
+        ``metadata``, ``version``, ``timestamp``, ``clientToken``), as a
+        :class:`ShadowDocument` (a ``dict`` that Jupyter shows as a table)."""
         return await self._call("get", None, timeout)
 
     async def update(
@@ -94,7 +173,7 @@ class Shadow:
                 if not isinstance(version, int) or version <= latest:
                     continue  # out of date: AWS does not guarantee order
                 latest = version
-                yield doc
+                yield ShadowDocument(doc)
         finally:
             sub.close_nowait()
 
@@ -120,7 +199,7 @@ class Shadow:
             if version <= latest[0]:
                 return None
             latest[0] = version
-            return callback(doc)
+            return callback(ShadowDocument(doc))
 
         return await self._requester.subscribe(self.topic("update/delta"), qos=1, callback=on_message)
 

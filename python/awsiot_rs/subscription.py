@@ -4,6 +4,7 @@ delivered to a callback."""
 from __future__ import annotations
 
 import asyncio
+import html
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from ._native import Message
 
-__all__ = ["Callback", "Owner", "Subscription"]
+__all__ = ["Callback", "Owner", "Subscription", "html_table"]
 
 #: A subscription callback: plain or ``async``; it receives each ``Message``.
 Callback = Callable[["Message"], Union[None, Awaitable[None]]]
@@ -26,6 +27,28 @@ _BATCH = 512
 
 
 _OPEN, _PAUSED, _CLOSED = 0, 1, 2
+
+#: A row of :func:`html_table` whose value is this is a section heading.
+SECTION: Any = object()
+
+
+def html_table(title: str, rows: list[tuple[str, Any]]) -> str:
+    """A small two-column HTML table for Jupyter's ``_repr_html_`` (every text escaped).
+    A row ``(name, SECTION)`` is a heading spanning both columns."""
+    out = [
+        '<table style="border-collapse:collapse">',
+        f'<caption style="text-align:left;font-weight:bold">{html.escape(title)}</caption>',
+    ]
+    for name, value in rows:
+        if value is SECTION:
+            out.append(f'<tr><th colspan="2" style="text-align:left">{html.escape(name)}</th></tr>')
+        else:
+            out.append(
+                f'<tr><td style="text-align:left">{html.escape(name)}</td>'
+                f'<td style="text-align:left"><code>{html.escape(str(value))}</code></td></tr>'
+            )
+    out.append("</table>")
+    return "".join(out)
 
 
 class Owner(Protocol):
@@ -261,6 +284,22 @@ class Subscription:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Subscription {self._filters!r} {state} pending={self.pending()}>"
+        return f"<Subscription {self._filters!r} qos={self._granted!r} {state} pending={self.pending()}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: each filter with its granted QoS, the state and the queue."""
+        granted = self._granted
+        rows: list[tuple[str, Any]] = [("filter", SECTION)] if self._filters else []
+        for i, f in enumerate(self._filters):
+            rows.append((f, f"QoS {granted[i]}" if i < len(granted) else "not acknowledged yet"))
+        if not self._filters:
+            rows.append(("filters", "every message (messages())"))
+        rows += [
+            ("state", "closed" if self._closed else "open"),
+            ("delivery", "callback" if self._callback is not None else "async for"),
+            ("pending", self.pending()),
+            ("dropped", self._ref.dropped),
+        ]
+        return html_table("awsiot_rs.Subscription", rows)
 
 
