@@ -245,7 +245,7 @@ async def test_websocket_secrets_never_leak(broker, pki, caplog, tmp_path):
         front.revoke("AKIDX")
         with pytest.raises(awsiot_rs.AuthError) as err:
             await ws_client(front, pki, auth, reconnect=None).connect()
-        seen.append("".join(traceback.format_exception(err.value)))
+        seen.append("".join(traceback.format_exception(type(err.value), err.value, err.value.__traceback__)))
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("awsiot_rs")]
     assert ours, "the client logged at DEBUG"
     # (the test front's own websockets logger prints the request line: that is not the client)

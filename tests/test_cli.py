@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -94,6 +93,7 @@ def test_help_lists_every_command_with_examples():
 
 
 def test_the_console_script_points_at_main():
+    tomllib = pytest.importorskip("tomllib")  # 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"awsiot-rs": "awsiot_rs.cli:main"}
     r = run("--version")

@@ -34,7 +34,7 @@ async def test_sentinels_never_leak(tmp_path, pki, broker, caplog, capfd):
     # 1. a garbage private key: the error names the problem, not the content
     with pytest.raises(awsiot_rs.ConfigError) as bad_key:
         awsiot_rs.MtlsAuth(pki.client_cert, sentinel_key_file(tmp_path, pki))
-    seen += [str(bad_key.value), repr(bad_key.value), "".join(traceback.format_exception(bad_key.value))]
+    seen += [str(bad_key.value), repr(bad_key.value), "".join(traceback.format_exception(type(bad_key.value), bad_key.value, bad_key.value.__traceback__))]
     # 2. a real key: the auth object's repr shows paths only
     auth = awsiot_rs.MtlsAuth(pki.client_cert, pki.client_key)
     seen.append(repr(auth))
@@ -54,12 +54,12 @@ async def test_sentinels_never_leak(tmp_path, pki, broker, caplog, capfd):
         refused = awsiot_rs.Client("127.0.0.1", port=fb.port, tls=False, password=PW_SENTINEL, username="u")
         with pytest.raises(awsiot_rs.AuthError) as bad_pw:
             await refused.connect()
-        seen += [str(bad_pw.value), "".join(traceback.format_exception(bad_pw.value)), repr(refused)]
+        seen += [str(bad_pw.value), "".join(traceback.format_exception(type(bad_pw.value), bad_pw.value, bad_pw.value.__traceback__)), repr(refused)]
     # 5. a TLS failure with the key and password configured
     bad = awsiot_rs.Client("localhost", port=broker.wrong_host_port, ca=pki.ca_cert, auth=auth, password=PW_SENTINEL, username="u")
     with pytest.raises(awsiot_rs.TlsError) as tls_err:
         await bad.connect()
-    seen.append("".join(traceback.format_exception(tls_err.value)))
+    seen.append("".join(traceback.format_exception(type(tls_err.value), tls_err.value, tls_err.value.__traceback__)))
     key_body = pki.client_key.read_text().splitlines()[1]
     out, err = capfd.readouterr()
     everything = seen + [r.getMessage() for r in caplog.records] + [log.read_text(), out, err]

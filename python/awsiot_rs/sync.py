@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import client as _client
+from ._compat import timeout as _timeout
 from ._dispatch import logger
 from .auth import CustomAuth, MtlsAuth, PathLike, SigV4Auth
 from .config import ConnectResult, OfflineQueue, Payload, PolicyViolationCheck, Reconnect, Will
@@ -313,7 +314,7 @@ class Subscription:
         already there too (up to ``_PREFETCH``). False when the iteration has ended. A message
         is never lost to a timeout: it stays queued until it is taken."""
         aio = self._aio
-        async with asyncio.timeout(timeout):
+        async with _timeout(timeout):
             try:
                 first = await aio.__anext__()
             except StopAsyncIteration:
@@ -450,7 +451,7 @@ class SyncIterator(Generic[_T]):
             return self._ended
 
         async def next_item() -> _T | _End:
-            async with asyncio.timeout(timeout):
+            async with _timeout(timeout):
                 return await self._queue.get()
 
         item = self._bridge.wait(next_item)

@@ -78,7 +78,7 @@ impl PyMessage {
 
     /// Whether this message's topic matches `topic_filter` (MQTT wildcard rules).
     fn matches(&self, py: Python<'_>, topic_filter: &str) -> PyResult<bool> {
-        Ok(topic::matches(topic_filter, self.topic.bind(py).to_str()?))
+        Ok(topic::matches(topic_filter, &self.topic.bind(py).to_cow()?))
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -120,7 +120,7 @@ impl PyMessage {
             return Ok(false);
         };
         let o = other.get();
-        Ok(self.topic.bind(py).to_str()? == o.topic.bind(py).to_str()?
+        Ok(self.topic.bind(py).to_cow()? == o.topic.bind(py).to_cow()?
             && self.payload.bind(py).as_bytes() == o.payload.bind(py).as_bytes()
             && self.qos == o.qos
             && self.retain == o.retain

@@ -18,6 +18,7 @@ import ipaddress
 import os
 import pathlib
 from dataclasses import dataclass
+from typing import Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -52,8 +53,8 @@ CLIENT_COMMON_NAME = "test-device"
 #: Contents of :attr:`Pki.garbage_pem`: PEM armour around non-base64 junk.
 GARBAGE_PEM = "-----BEGIN CERTIFICATE-----\nnot base64 at all!!\n-----END CERTIFICATE-----\n"
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]  # Union: evaluated on 3.9 too
+PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
 
 #: RSA keys as PKCS#1 PEM, EC keys as SEC1 PEM (what AWS IoT hands out).
 PKCS1 = serialization.PrivateFormat.TraditionalOpenSSL

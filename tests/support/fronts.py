@@ -59,10 +59,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from . import packets as P
+from .compat import timeout as _timeout
 from .tls_server import parse_client_hello
 
 __all__ = [
@@ -80,7 +81,7 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-StrPath = str | os.PathLike[str]
+StrPath = Union[str, os.PathLike[str]]  # Union: evaluated on 3.9 too
 
 _READ_SIZE = 65536
 _HANDSHAKE_TIMEOUT = 10.0
@@ -154,7 +155,7 @@ class FrontConnection:
     async def wait_connect(self, timeout: float = 5.0) -> P.Packet:
         """Waits for the client's first CONNECT on this connection and returns it."""
         try:
-            async with asyncio.timeout(timeout):
+            async with _timeout(timeout):
                 await self.connect_seen.wait()
         except TimeoutError:
             raise TimeoutError(f"no MQTT CONNECT on connection {self.id} within {timeout}s") from None
@@ -164,7 +165,7 @@ class FrontConnection:
     async def wait_closed(self, timeout: float = 5.0) -> None:
         """Waits until the connection is completely closed."""
         try:
-            async with asyncio.timeout(timeout):
+            async with _timeout(timeout):
                 await self.closed_event.wait()
         except TimeoutError:
             raise TimeoutError(f"connection {self.id} still open after {timeout}s") from None
@@ -285,7 +286,7 @@ class _FrontBase:
     async def wait_for_connections(self, n: int = 1, timeout: float = 5.0) -> list[Any]:
         """Waits for ``n`` connections whose handshake phase is over; returns the first ``n``."""
         try:
-            async with asyncio.timeout(timeout):
+            async with _timeout(timeout):
                 while len(self.connections) < n:
                     self._arrived.clear()
                     await self._arrived.wait()
@@ -493,7 +494,7 @@ class TlsFront(_FrontBase):
     async def _handshake(self, link: _TlsLink) -> bool:
         record = link.record
         try:
-            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+            async with _timeout(_HANDSHAKE_TIMEOUT):
                 hello = await _read_client_hello(link.reader)
                 try:
                     record.offered_sni, offered = parse_client_hello(hello)
@@ -827,7 +828,7 @@ def verify_presigned(
 
 # ------------------------------------------------------------------------- WsFront
 
-CustomAuth = Callable[[dict[str, str], dict[str, str]], bool | Awaitable[bool]]
+CustomAuth = Callable[[dict[str, str], dict[str, str]], Union[bool, Awaitable[bool]]]
 
 
 class WsFront(_FrontBase):

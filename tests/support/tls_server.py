@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from os import PathLike
 from types import TracebackType
+from typing import Union
 
 from . import packets as P
 
@@ -30,7 +31,7 @@ _HANDSHAKE_TIMEOUT = 5.0
 _SILENCE_TIMEOUT = 2.0
 _ACCEPT_POLL = 0.1
 
-StrPath = str | PathLike[str]
+StrPath = Union[str, PathLike[str]]  # Union: evaluated on 3.9 too
 
 
 @dataclass
