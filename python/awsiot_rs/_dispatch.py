@@ -1,28 +1,46 @@
 """One dispatcher per asyncio loop: turns the native notifier's batched items into future
-results, subscription wake-ups and lifecycle callbacks, all on the loop thread."""
+results, subscription wake-ups and lifecycle callbacks, all on the loop thread.
+
+How the loop learns that items are waiting (the *mode*, chosen once per loop, see
+``Dispatcher.mode``):
+
+- ``"reader"``: the notifier's socket is watched with ``loop.add_reader`` (Unix loops);
+- ``"threadsafe"``: for loops that cannot watch a file descriptor (Windows' default Proactor
+  loop, any loop whose ``add_reader`` raises ``NotImplementedError``): a daemon thread per loop
+  blocks in ``Notifier.wait()`` (GIL released) and calls ``loop.call_soon_threadsafe`` once per
+  idle→signalled transition of the notifier, never per item. Tokio threads never take the GIL
+  in either mode (``src/py/notifier.rs`` explains why this beats calling
+  ``call_soon_threadsafe`` from the tokio side).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from . import _native
 from .config import ConnectEvent, DisconnectEvent
 
 logger = logging.getLogger("awsiot_rs")
 
-__all__ = ["MAX_ITEMS_PER_WAKEUP", "Dispatcher", "dispatcher_for", "flush_logs", "logger"]
+__all__ = ["MAX_ITEMS_PER_WAKEUP", "Dispatcher", "Mode", "dispatcher_for", "flush_logs", "logger"]
 
 #: Items (results, subscription wake-ups, lifecycle events) handled per loop turn at most. The
 #: rest waits for the next turn, so a continuous inflow cannot starve other tasks and I/O.
 MAX_ITEMS_PER_WAKEUP = 256
 
 _R = TypeVar("_R")
+
+#: How results reach the loop: ``"reader"`` (``loop.add_reader`` on the notifier's socket) or
+#: ``"threadsafe"`` (a waiter thread and ``loop.call_soon_threadsafe``).
+Mode = Literal["reader", "threadsafe"]
 
 
 class _EventTarget(Protocol):
@@ -52,11 +70,15 @@ class Dispatcher:
     The native notifier stays "signalled" (no wake-up byte) until a ``drain()`` comes back
     empty, so whenever a turn ends before that (budget spent, or an exception) the dispatcher
     schedules its own continuation with ``loop.call_soon``: the wake-up is always re-armed.
+    This holds in both modes (``mode``): only what carries the wake-up differs.
     """
+
+    #: ``"reader"`` or ``"threadsafe"``, chosen once, when the dispatcher is created.
+    mode: Mode
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.native = _native.Notifier()
+        native = _native.Notifier()
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._sources: dict[int, weakref.WeakMethod[Callable[[], None]]] = {}
         self._clients: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -66,7 +88,28 @@ class Dispatcher:
         #: An already-completed future: what QoS 0 ``publish`` returns (no allocation per call).
         self.done: asyncio.Future[None] = loop.create_future()
         self.done.set_result(None)
-        loop.add_reader(self.native.fileno(), self._on_readable)
+        self._waiter: threading.Thread | None = None
+        try:
+            # fileno() raises NotImplementedError off Unix (no socketpair there), add_reader on
+            # loops that cannot watch file descriptors (Proactor, some third-party loops).
+            loop.add_reader(native.fileno(), self._on_readable)
+        except NotImplementedError:
+            if not native.threadsafe:
+                native = _native.Notifier(threadsafe=True)
+            self.native = native
+            self.mode = "threadsafe"
+            # Nothing else on the loop holds this dispatcher (in reader mode its add_reader
+            # callback does): the loop keeps it, so that both go away together.
+            try:
+                loop._awsiot_rs_dispatcher = self  # type: ignore[attr-defined]
+            except AttributeError:  # a loop without __dict__: kept for the process's life
+                _PINNED.append(self)
+            # Ends the waiter thread when the loop (and so this dispatcher) goes away, or at exit.
+            weakref.finalize(self, native.close)
+            self._ensure_waiter()
+        else:
+            self.native = native
+            self.mode = "reader"
 
     def call(self, fn: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Calls the native ``fn(*args, token, **kwargs)`` with a fresh token and returns the
@@ -119,7 +162,25 @@ class Dispatcher:
         self._clients[token] = client
         return token
 
+    def _ensure_waiter(self) -> None:
+        """Threadsafe mode: starts the waiter thread unless it runs (it does not after a
+        ``fork()``: the child has no copy of it)."""
+        if self.mode != "threadsafe" or (self._waiter is not None and self._waiter.is_alive()):
+            return
+        thread = threading.Thread(
+            target=_wait_and_schedule,
+            args=(self.native, weakref.ref(self)),
+            name="awsiot-rs-loop-waker",
+            daemon=True,
+        )
+        thread.start()
+        self._waiter = thread
+
     def _on_readable(self) -> None:
+        self._pump()
+
+    def _on_wakeup(self) -> None:
+        """Threadsafe mode: scheduled by the waiter thread with ``call_soon_threadsafe``."""
         self._pump()
 
     def _resume(self) -> None:
@@ -199,15 +260,57 @@ class Dispatcher:
             logger.exception("awsiot_rs: lifecycle event handling failed")
 
 
-_DISPATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dispatcher] = (
+def _wait_and_schedule(native: _native.Notifier, ref: weakref.ref[Dispatcher]) -> None:
+    """The waiter thread of a threadsafe-mode dispatcher: one ``call_soon_threadsafe`` per
+    idle→signalled transition of ``native``. Holds no strong reference to the dispatcher or its
+    loop while blocked, so they can go away (which closes ``native`` and ends this thread)."""
+    while native.wait():
+        failures = 0
+        while (outcome := _schedule(ref, log=failures == 0)) is None:
+            # The loop refused for another reason than being closed: the wake-up must not be
+            # lost (the notifier stays signalled until a drain), so keep trying, gently.
+            failures += 1
+            time.sleep(min(0.01 * failures, 1.0))
+        if not outcome:
+            return
+
+
+def _schedule(ref: weakref.ref[Dispatcher], log: bool) -> bool | None:
+    """Asks the dispatcher's loop to pump: ``True`` when done, ``False`` when there is nothing
+    to wake any more (dispatcher gone, loop closed), ``None`` on another failure (logged if
+    ``log``). The dispatcher is only referenced for the duration of this call."""
+    d = ref()
+    if d is None:
+        return False
+    try:
+        d.loop.call_soon_threadsafe(d._on_wakeup)
+    except Exception:
+        if d.loop.is_closed():
+            return False  # nothing will ever run there again
+        if log:
+            logger.exception("awsiot_rs: cannot wake the event loop; retrying")
+        return None
+    return True
+
+
+#: Each loop's dispatcher, weakly: a dispatcher references its loop (``loop``, futures), so a
+#: strong value would keep every loop ever used alive. The loop keeps its dispatcher instead
+#: (its ``add_reader`` callback, or an attribute in threadsafe mode), so the two are collected
+#: together once the loop is gone.
+_DISPATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref[Dispatcher]] = (
     weakref.WeakKeyDictionary()
 )
+#: Threadsafe-mode dispatchers of loops that cannot hold an attribute.
+_PINNED: list[Dispatcher] = []
 
 
 def dispatcher_for(loop: asyncio.AbstractEventLoop) -> Dispatcher:
     """The dispatcher of ``loop``, created on first use."""
-    d = _DISPATCHERS.get(loop)
+    ref = _DISPATCHERS.get(loop)
+    d = ref() if ref is not None else None
     if d is None:
         d = Dispatcher(loop)
-        _DISPATCHERS[loop] = d
+        _DISPATCHERS[loop] = weakref.ref(d)
+    elif d.mode == "threadsafe":
+        d._ensure_waiter()
     return d

@@ -9,11 +9,21 @@ __version__: str
 
 @final
 class Notifier:
-    """One per asyncio loop: batched results from the Rust core, signalled through a socket."""
+    """One per asyncio loop: batched results from the Rust core, signalled through a socket
+    (``fileno()``, Unix) or, if ``threadsafe`` (always off Unix), through ``wait()``."""
 
-    def __new__(cls) -> Notifier: ...
+    def __new__(cls, threadsafe: bool = False) -> Notifier: ...
+    @property
+    def threadsafe(self) -> bool:
+        """Whether the loop is woken through ``wait()`` (no file descriptor)."""
     def fileno(self) -> int:
-        """The file descriptor to watch with ``loop.add_reader``."""
+        """The file descriptor to watch with ``loop.add_reader``; ``NotImplementedError`` for a
+        threadsafe notifier."""
+    def wait(self) -> bool:
+        """Threadsafe notifiers: blocks (GIL released) until the notifier goes from idle to
+        signalled (``True``, once per transition) or is closed (``False``)."""
+    def close(self) -> None:
+        """Threadsafe notifiers: ``wait()`` returns ``False`` from now on."""
     def drain(self) -> list[tuple[Any, ...]]:
         """Takes every pending item: ``("op", token, ok, value)``, ``("ready", source)``,
         ``("connected", client, session_present, reconnect)``,

@@ -1,20 +1,59 @@
 //! How results reach the asyncio loop without any tokio thread touching Python.
 //!
 //! Each asyncio event loop gets one `Notifier`: a queue of plain-Rust items (operation results,
-//! "subscription N has messages", lifecycle events) plus a socketpair. Producers (tokio threads)
-//! push an item and write one byte only when the notifier goes from idle to signalled; the loop
-//! watches the read end with `loop.add_reader` and drains everything in one synchronous call on
-//! the loop thread. One wake-up serves any number of results: delivery is batched across the
-//! boundary, the GIL is only ever taken by the loop thread, and cancelling an awaiter can never
-//! lose an item (items are only taken synchronously on the loop thread).
+//! "subscription N has messages", lifecycle events) and a `signalled` flag. Producers (tokio
+//! threads) push an item and wake the loop only when the notifier goes from idle to signalled;
+//! the loop drains everything in one synchronous call on the loop thread, and only an empty
+//! drain makes the notifier idle again. One wake-up serves any number of results: delivery is
+//! batched across the boundary, and cancelling an awaiter can never lose an item (items are
+//! only taken synchronously on the loop thread).
+//!
+//! The wake-up itself comes in two kinds, fixed when the notifier is made:
+//!
+//! - **reader** (Unix, the default): a socketpair. The wake-up is one byte written to it; the
+//!   loop watches the read end with `loop.add_reader`. Nothing but the loop thread ever takes
+//!   the GIL.
+//! - **threadsafe** (`Notifier(threadsafe=True)`; the only kind off Unix): for loops that cannot
+//!   watch a file descriptor (Windows' Proactor loop, any loop whose `add_reader` raises
+//!   `NotImplementedError`). The wake-up sets a "pending" flag under a small mutex and signals a
+//!   condvar. A Python thread owned by the loop's dispatcher (the *waiter*, see
+//!   `python/awsiot_rs/_dispatch.py`) blocks in `wait()` with the GIL released, and for each
+//!   pending wake-up calls `loop.call_soon_threadsafe(...)`, which schedules the same drain.
+//!
+//! Why the waiter thread, and not `Python::attach` + `call_soon_threadsafe` on the tokio
+//! thread that makes the notifier signalled: that would be one GIL acquisition per idle→ready
+//! transition too, but on a tokio worker, and (1) the worker would block for as long as the
+//! loop thread keeps the GIL (up to the 5 ms switch interval, more under contention), stalling
+//! every connection scheduled on it; (2) `signal()` is reached from core code that may hold its
+//! own locks (log records are forwarded from anywhere, see `logging.rs`): waiting for the GIL
+//! there while the loop thread holds the GIL and waits for that lock is a deadlock; (3) tokio
+//! threads have no Python thread state, so near interpreter exit they would go through
+//! `PyGILState_Ensure`, which with the abi3 build cannot tell that the interpreter is finalizing.
+//! The waiter is a regular Python daemon thread: tokio threads only lock a leaf mutex and signal
+//! a condvar (no GIL, ever, as in reader mode); the waiter takes the GIL once per idle→signalled
+//! transition (never per item: a busy loop stays signalled and drains batch after batch without
+//! any wake-up), holding no Rust lock while it waits for it.
+//!
+//! Interpreter exit: the `atexit` hook (`shutdown` in `mod.rs`) only waits for the core with
+//! the GIL released and never waits for the waiter; a waiter woken meanwhile takes the GIL in
+//! turn, schedules a harmless drain (or finds the loop closed and ends). The dispatcher's
+//! `weakref.finalize` closes the notifier at exit (or when the loop goes away), which ends the
+//! waiter. A waiter still blocked when finalization starts is a daemon thread: if it is ever
+//! woken after that, PyO3 parks it when it re-attaches (instead of CPython's `pthread_exit`
+//! unwinding across Rust frames), and the process exits around it.
 
+#[cfg(unix)]
 use std::io::{Read, Write};
+#[cfg(unix)]
 use std::os::fd::AsRawFd;
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
+#[cfg(unix)]
 use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use pyo3::IntoPyObjectExt;
@@ -54,10 +93,74 @@ enum Item {
     },
 }
 
+/// How an idle→signalled transition reaches the loop.
+enum WakeUp {
+    /// Reader mode: one byte on a socketpair whose read end the loop watches (`add_reader`).
+    #[cfg(unix)]
+    Socket {
+        reader: UnixStream,
+        writer: UnixStream,
+    },
+    /// Threadsafe mode: the dispatcher's waiter thread blocks on this (`wait()`).
+    Waiter(Waiter),
+}
+
+/// A wake-up flag for one waiting thread. Its mutex is a leaf lock: held only to flip the
+/// flags, never while waiting for anything else (the GIL included).
+#[derive(Default)]
+struct Waiter {
+    state: Mutex<WaiterState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WaiterState {
+    /// An idle→signalled transition that the waiter has not taken yet.
+    pending: bool,
+    /// `close()` was called: `wait()` returns `false` from now on.
+    closed: bool,
+}
+
+impl Waiter {
+    fn lock(&self) -> MutexGuard<'_, WaiterState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a wake-up (producer side; no GIL).
+    fn wake(&self) {
+        self.lock().pending = true;
+        self.changed.notify_one();
+    }
+
+    /// Blocks until a wake-up is pending (takes it: `true`) or the waiter is closed (`false`).
+    fn wait(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return false;
+            }
+            if state.pending {
+                state.pending = false;
+                return true;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+}
+
 /// Shared between the Python object and every producer.
 pub struct Inner {
-    reader: UnixStream,
-    writer: UnixStream,
+    wakeup: WakeUp,
     signalled: AtomicBool,
     items: Mutex<Vec<Item>>,
 }
@@ -84,11 +187,26 @@ impl Inner {
         self.push(Item::Credentials { client, request });
     }
 
-    /// Wakes the loop (if not already signalled).
+    /// Wakes the loop (if not already signalled). Never takes the GIL, in either mode.
     pub fn signal(&self) {
         if !self.signalled.swap(true, Ordering::AcqRel) {
-            // A full socket buffer means a wake-up is already pending: nothing to do.
-            let _ = (&self.writer).write(&[1]);
+            match &self.wakeup {
+                #[cfg(unix)]
+                WakeUp::Socket { writer, .. } => {
+                    // A full socket buffer means a wake-up is already pending: nothing to do.
+                    let _ = (&*writer).write(&[1]);
+                }
+                WakeUp::Waiter(waiter) => waiter.wake(),
+            }
+        }
+    }
+
+    /// The waiter of a threadsafe notifier (`None` in reader mode).
+    fn waiter(&self) -> Option<&Waiter> {
+        match &self.wakeup {
+            WakeUp::Waiter(waiter) => Some(waiter),
+            #[cfg(unix)]
+            WakeUp::Socket { .. } => None,
         }
     }
 }
@@ -152,19 +270,37 @@ pub fn reply<T: Send + 'static>(inner: &Arc<Inner>, token: u64, map: fn(T) -> Ou
     Box::new(move |result: crate::core::Result<T>| pending.finish(result.map(map)))
 }
 
+/// The wake-up of a new notifier: a socketpair unless `threadsafe` is asked for.
+#[cfg(unix)]
+fn new_wakeup(threadsafe: bool) -> PyResult<WakeUp> {
+    if threadsafe {
+        return Ok(WakeUp::Waiter(Waiter::default()));
+    }
+    let (reader, writer) =
+        UnixStream::pair().map_err(|e| PyOSError::new_err(format!("socketpair: {e}")))?;
+    reader
+        .set_nonblocking(true)
+        .and_then(|()| writer.set_nonblocking(true))
+        .map_err(|e| PyOSError::new_err(format!("socketpair: {e}")))?;
+    Ok(WakeUp::Socket { reader, writer })
+}
+
+/// The wake-up of a new notifier: off Unix there is no socketpair, always the waiter.
+#[cfg(not(unix))]
+#[allow(clippy::unnecessary_wraps)]
+fn new_wakeup(_threadsafe: bool) -> PyResult<WakeUp> {
+    Ok(WakeUp::Waiter(Waiter::default()))
+}
+
 #[pymethods]
 impl Notifier {
+    /// `Notifier()` wakes its loop through a file descriptor (`fileno()`, Unix only: elsewhere
+    /// it is a threadsafe notifier); `Notifier(threadsafe=True)` through `wait()`.
     #[new]
-    fn new() -> PyResult<Self> {
-        let (reader, writer) =
-            UnixStream::pair().map_err(|e| PyOSError::new_err(format!("socketpair: {e}")))?;
-        reader
-            .set_nonblocking(true)
-            .and_then(|()| writer.set_nonblocking(true))
-            .map_err(|e| PyOSError::new_err(format!("socketpair: {e}")))?;
+    #[pyo3(signature = (threadsafe=false))]
+    fn new(threadsafe: bool) -> PyResult<Self> {
         let inner = Arc::new(Inner {
-            reader,
-            writer,
+            wakeup: new_wakeup(threadsafe)?,
             signalled: AtomicBool::new(false),
             items: Mutex::new(Vec::new()),
         });
@@ -172,9 +308,46 @@ impl Notifier {
         Ok(Self { inner })
     }
 
-    /// The file descriptor to watch with `loop.add_reader`.
-    fn fileno(&self) -> i32 {
-        self.inner.reader.as_raw_fd()
+    /// Whether this notifier wakes its loop through `wait()` (no file descriptor).
+    #[getter]
+    fn threadsafe(&self) -> bool {
+        matches!(self.inner.wakeup, WakeUp::Waiter(_))
+    }
+
+    /// The file descriptor to watch with `loop.add_reader`. Raises `NotImplementedError` for a
+    /// threadsafe notifier (which has none).
+    fn fileno(&self) -> PyResult<i32> {
+        match &self.inner.wakeup {
+            #[cfg(unix)]
+            WakeUp::Socket { reader, .. } => Ok(reader.as_raw_fd()),
+            WakeUp::Waiter(_) => Err(PyNotImplementedError::new_err(
+                "a threadsafe notifier has no file descriptor: use wait()",
+            )),
+        }
+    }
+
+    /// Threadsafe notifiers: blocks, with the GIL released, until the notifier goes from idle
+    /// to signalled (returns `True`, once per transition) or is closed (returns `False`).
+    /// For the dispatcher's waiter thread only. Raises `RuntimeError` on a reader notifier.
+    fn wait(&self, py: Python<'_>) -> PyResult<bool> {
+        // Checked before blocking, so that a misuse fails instead of hanging.
+        if self.inner.waiter().is_none() {
+            return Err(PyRuntimeError::new_err(
+                "this notifier wakes its loop through a file descriptor (add_reader): it has no waiter",
+            ));
+        }
+        let inner = Arc::clone(&self.inner);
+        // The waiter's mutex guard lives and dies inside the closure: nothing Rust-side is held
+        // while this thread waits for the GIL again.
+        Ok(py.detach(move || inner.waiter().is_some_and(Waiter::wait)))
+    }
+
+    /// Threadsafe notifiers: makes `wait()` return `False` now and from now on (ends the
+    /// waiter thread). Items still go to the queue. Does nothing on a reader notifier.
+    fn close(&self) {
+        if let Some(waiter) = self.inner.waiter() {
+            waiter.close();
+        }
     }
 
     /// Takes everything pending (call until it returns an empty list). Returns a list of tuples:
@@ -183,15 +356,18 @@ impl Notifier {
     /// `("disconnected", client, reason, exception_or_None)`. Plain tuples (the cheapest thing to
     /// build per message); `Dispatcher._dispatch` unpacks them into names in one place.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let mut sink = [0u8; 512];
-        while let Ok(n) = (&self.inner.reader).read(&mut sink) {
-            if n < sink.len() {
-                break;
+        #[cfg(unix)]
+        if let WakeUp::Socket { reader, .. } = &self.inner.wakeup {
+            let mut sink = [0u8; 512];
+            while let Ok(n) = (&*reader).read(&mut sink) {
+                if n < sink.len() {
+                    break;
+                }
             }
         }
-        // Stay signalled while there is work: producers skip the socket write meanwhile, so a
-        // busy loop drains many batches per wake-up. Only an empty drain re-arms the wake-up,
-        // and checks once more afterwards so nothing pushed in between is missed.
+        // Stay signalled while there is work: producers skip the wake-up meanwhile, so a busy
+        // loop drains many batches per wake-up. Only an empty drain re-arms the wake-up, and
+        // checks once more afterwards so nothing pushed in between is missed.
         let mut items = std::mem::take(&mut *self.inner.lock());
         if items.is_empty() {
             self.inner.signalled.store(false, Ordering::Release);
