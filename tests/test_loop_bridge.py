@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import weakref
@@ -381,3 +385,84 @@ def test_a_loop_its_dispatcher_and_its_waiter_thread_go_away_together(plain_clie
                 f"still alive: {[r() for r in loops + dispatchers]}, {[t for t in threads if t.is_alive()]}"
             )
         time.sleep(0.05)
+
+
+# -- process level: interpreter exit, fork ---------------------------------------------------
+
+NO_READER_LOOP = """
+import asyncio, os, sys, awsiot_rs
+from awsiot_rs import _dispatch
+
+class NoReaderLoop(asyncio.SelectorEventLoop):
+    def add_reader(self, fd, callback, *args):
+        raise NotImplementedError
+"""
+
+
+def run_script(code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", NO_READER_LOOP + textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("close_loop", [True, False])
+def test_interpreter_exit_with_a_connected_client_is_clean(broker, unique_topic, close_loop):
+    """The waiter thread neither blocks nor breaks interpreter exit: with the loop closed, or
+    left open (not running) with a connected client whose messages are still arriving and whose
+    atexit DISCONNECT produces results for that loop. Repeated: exit-time races are rare."""
+    code = f"""
+        loop = NoReaderLoop()
+        c = awsiot_rs.Client("127.0.0.1", port={broker.port}, tls=False, limits="mqtt", client_id="bridge-exit-%d")
+        flood = awsiot_rs.Client("127.0.0.1", port={broker.port}, tls=False, limits="mqtt")
+        got = []
+        async def main():
+            await c.connect()
+            await flood.connect()
+            await c.subscribe("{unique_topic}", callback=lambda m: got.append(m))
+            for _ in range(2000):
+                flood.publish_nowait("{unique_topic}", b"x" * 100)
+            await c.publish("{unique_topic}", b"1", qos=1)
+            assert c._dispatcher.mode == "threadsafe"
+        loop.run_until_complete(main())
+        if {close_loop}:
+            loop.close()
+        print("done", flush=True)
+    """
+    for i in range(6):
+        start = len(broker.log_text())
+        r = run_script(code % i, timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "done"
+        assert "Fatal Python error" not in r.stderr and "panicked" not in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+        broker.wait_for_log(f"Client bridge-exit-{i} disconnected", timeout=5, start=start)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_waiter_thread(broker, unique_topic):
+    """The child of a fork() has no copy of the waiter thread: a new client on the same loop
+    object there starts one (instead of never being woken)."""
+    code = f"""
+        loop = NoReaderLoop()
+        async def use():
+            async with awsiot_rs.Client("127.0.0.1", port={broker.port}, tls=False, limits="mqtt") as c:
+                await asyncio.wait_for(c.publish("{unique_topic}", b"1", qos=1), 5)
+                return c._dispatcher
+        parent = loop.run_until_complete(use())
+        pid = os.fork()
+        if pid == 0:
+            try:
+                d = loop.run_until_complete(use())
+                assert d is parent and d._waiter.is_alive(), "the same dispatcher, a new waiter"
+            except BaseException as e:
+                print("child failed:", repr(e), flush=True)
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        loop.close()
+    """
+    r = run_script(code, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "child 0" in r.stdout, r.stdout + r.stderr

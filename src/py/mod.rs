@@ -119,7 +119,10 @@ fn presign_url(
     crate::core::auth::sigv4::presign_url(host, port, region, &creds, at, expires).py(py)
 }
 
-/// Disconnects every client and stops the runtime (the `atexit` hook).
+/// Disconnects every client and stops the runtime (the `atexit` hook). Both waits release the
+/// GIL, and neither waits for Python: the results they produce reach the loops through the
+/// notifiers (a threadsafe-mode waiter thread woken now takes the GIL in turn, see
+/// `notifier.rs`), and tokio threads never take the GIL, so nothing here can deadlock.
 #[pyfunction]
 #[pyo3(signature = (timeout=1.0))]
 fn shutdown(py: Python<'_>, timeout: f64) {

@@ -1,7 +1,8 @@
 //! The process-wide tokio runtime that runs every client's driver, the fork guard and the
 //! shutdown used by the `atexit` hook. No tokio thread ever touches Python: results travel to
-//! the asyncio loop through the notifier (see `notifier.rs`), so the interpreter can finalize
-//! while tokio threads still exist.
+//! the asyncio loop through the notifier (see `notifier.rs`; in its threadsafe mode the GIL is
+//! taken by a Python waiter thread, never by tokio), so the interpreter can finalize while
+//! tokio threads still exist.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
