@@ -134,4 +134,7 @@ def test_the_notebook_runs_end_to_end_against_mosquitto_and_the_shadow_fake(
     m = re.search(r"shadow version (\d+), desired \{'fan': 'on'\}", sync_text)
     assert m is not None and int(m.group(1)) >= after, sync_text
 
+    # The kernel's loop ran the asyncio client's callback between the cells.
+    assert "'garage'" in text_of(cells["between-cells"])
+
     assert "state=closed" in text_of(cells["disconnect"])
