@@ -6,7 +6,7 @@ export PIP_ROOT_USER_ACTION := ignore
 
 .PHONY: help
 help: ## Show the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: install-deps
 install-deps: ## Install what a fresh machine lacks: mosquitto and tinyproxy (apt), maturin and test packages (pip)
@@ -41,8 +41,22 @@ test-core: ## Rust tests of the pure core (no Python), then the binding's own un
 test-py: ## pytest against a private mosquitto (fails if no test ran)
 	$(PYTHON) -m pytest -m "not slow"
 
+.PHONY: wheel
+wheel: ## Release wheel (abi3, CPython 3.9+, manylinux_2_17 via zig) and sdist in dist/, checked by auditwheel
+	$(PIP) install "maturin>=1.9.4,<2" "ziglang>=0.13" "auditwheel>=6"
+	rm -rf dist
+	$(PYTHON) -m maturin build --release --zig --compatibility manylinux2014 --out dist
+	$(PYTHON) -m maturin sdist --out dist
+	@report="$$($(PYTHON) -m auditwheel show dist/*.whl)" && echo "$$report" && \
+		tr -s ' \n' ' ' <<< "$$report" | grep -q 'consistent with the following platform tag: "manylinux_2_17_' || \
+		{ echo "make wheel: auditwheel does not find the wheel manylinux_2_17 compatible" >&2; exit 1; }
+
+.PHONY: test-versions
+test-versions: wheel ## The suite (not slow) on dist/'s wheel under CPython 3.9-3.13, side by side (tests/matrix.py)
+	$(PYTHON) tests/matrix.py
+
 .PHONY: test
-test: install-deps build-dev lint typecheck test-core test-py ## Everything CI runs, from a fresh machine
+test: install-deps build-dev lint typecheck test-core wheel test-py test-versions ## Everything CI runs, from a fresh machine
 
 .PHONY: demo
 demo: install-deps build-dev ## Local mTLS mosquitto + examples/quickstart.py against it

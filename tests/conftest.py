@@ -13,6 +13,7 @@ Layout of ``tests/`` (this conftest applies to every folder below it):
 from __future__ import annotations
 
 import functools
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -27,13 +28,24 @@ _MARKERS = {
     "slow": "takes several seconds or more",
     "reliability": "reconnect / persistence / broker-restart behaviour",
     "security": "TLS / certificate validation and secret-handling checks",
+    "wheel": "installs the built release wheel into fresh virtual environments (test_wheel.py)",
 }
+
+#: Before 3.11, asyncio's transports (and websockets' refused-handshake path on them) can be
+#: garbage-collected unclosed in the test doubles; 3.12+ closes them quietly. There, and only
+#: for these objects, a ResourceWarning from ``__del__`` is shown instead of failing the test.
+_OLD_ASYNCIO_LEAKS = (
+    r"default:Exception ignored in. <(socket\.socket|function (_SelectorTransport|_SSLProtocolTransport"
+    r"|BaseEventLoop)\.__del__):pytest.PytestUnraisableExceptionWarning"
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the project's custom markers."""
     for name, description in _MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
+    if sys.version_info < (3, 11):
+        config.addinivalue_line("filterwarnings", _OLD_ASYNCIO_LEAKS)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ import pytest
 
 import awsiot_rs
 from awsiot_rs import _dispatch, _native
+from support import compat
 from support.clients import make_client
 from support.fault_proxy import FaultProxy
 
@@ -55,8 +56,7 @@ class NoReaderLoop(asyncio.SelectorEventLoop):
 
 
 def run(main: Callable[[], Coroutine[Any, Any, _T]], loop_factory: Callable[[], asyncio.AbstractEventLoop] = NoReaderLoop) -> _T:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main())
+    return compat.run(main(), loop_factory=loop_factory)  # asyncio.Runner, on 3.9 too
 
 
 class Boom(BaseException):
