@@ -102,7 +102,7 @@ class Dispatcher:
             # callback does): the loop keeps it, so that both go away together.
             try:
                 loop._awsiot_rs_dispatcher = self  # type: ignore[attr-defined]
-            except AttributeError:  # a loop without __dict__: kept for the process's life
+            except (AttributeError, TypeError):  # no __dict__: kept for the process's life
                 _PINNED.append(self)
             # Ends the waiter thread when the loop (and so this dispatcher) goes away, or at exit.
             weakref.finalize(self, native.close)
