@@ -41,15 +41,25 @@ test-core: ## Rust tests of the pure core (no Python), then the binding's own un
 test-py: ## pytest against a private mosquitto (fails if no test ran)
 	$(PYTHON) -m pytest -m "not slow"
 
+# zig links its own LLVM libunwind into the extension, while glibc's pthread_exit unwinds with
+# libgcc_s: a thread ended that way inside the extension (Python <= 3.13 ends threads that wait
+# for the GIL during interpreter exit) then crashes in the mixed unwinders. Linking libgcc_s.so.1
+# (allowed by manylinux2014) makes the extension use the same unwinder as glibc and gcc builds.
+LIBGCC_S := $(realpath $(shell gcc -print-file-name=libgcc_s.so.1 2>/dev/null))
+
 .PHONY: wheel
 wheel: ## Release wheel (abi3, CPython 3.9+, manylinux_2_17 via zig) and sdist in dist/, checked by auditwheel
 	$(PIP) install "maturin>=1.9.4,<2" "ziglang>=0.13" "auditwheel>=6"
+	@test -f "$(LIBGCC_S)" || { echo "make wheel: libgcc_s.so.1 not found (gcc -print-file-name)" >&2; exit 1; }
 	rm -rf dist
-	$(PYTHON) -m maturin build --release --zig --compatibility manylinux2014 --out dist
+	RUSTFLAGS="$${RUSTFLAGS:+$$RUSTFLAGS }-C link-arg=$(LIBGCC_S)" \
+		$(PYTHON) -m maturin build --release --zig --compatibility manylinux2014 --out dist
 	$(PYTHON) -m maturin sdist --out dist
 	@report="$$($(PYTHON) -m auditwheel show dist/*.whl)" && echo "$$report" && \
 		tr -s ' \n' ' ' <<< "$$report" | grep -q 'consistent with the following platform tag: "manylinux_2_17_' || \
 		{ echo "make wheel: auditwheel does not find the wheel manylinux_2_17 compatible" >&2; exit 1; }
+	@$(PYTHON) -m auditwheel show dist/*.whl | grep -q 'libgcc_s.so.1' || \
+		{ echo "make wheel: the extension does not use libgcc_s's unwinder (see LIBGCC_S)" >&2; exit 1; }
 
 .PHONY: test-versions
 test-versions: wheel ## The suite (not slow) on dist/'s wheel under CPython 3.9-3.13, side by side (tests/matrix.py)
