@@ -3,7 +3,7 @@
 ``make test-versions`` runs ``python tests/matrix.py``: for each version a fresh virtual
 environment gets the wheel from ``dist/`` (``make wheel``) plus the ``test`` extra, and pytest
 runs there from the repository root, so ``awsiot_rs`` is the installed wheel, never
-``python/``. The versions run side by side (the suite mostly waits on sockets and timers),
+``python/``. Two versions run side by side (the suite mostly waits on sockets and timers),
 each with its own mosquitto; each log is kept in ``target/matrix/``.
 
     python tests/matrix.py [--versions 3.9 3.13] [--jobs N] [-- PYTEST ARGS]
@@ -95,7 +95,8 @@ def run_one(version: str, wheel: pathlib.Path, pytest_args: list[str]) -> Result
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--versions", nargs="+", default=VERSIONS, metavar="X.Y")
-    parser.add_argument("--jobs", type=int, default=len(VERSIONS), help="versions run at once (default: all)")
+    # Two at a time: more makes the suite's timing-sensitive tests flaky on this 2-core machine.
+    parser.add_argument("--jobs", type=int, default=2, help="versions run at once (default: 2)")
     parser.add_argument("--wheel", type=pathlib.Path, help="default: the one wheel in dist/")
     parser.add_argument("pytest_args", nargs="*", help="after --; default: " + " ".join(DEFAULT_PYTEST_ARGS))
     args = parser.parse_args()
