@@ -30,6 +30,7 @@ lint: ## cargo fmt --check and clippy (core alone and with the Python binding)
 .PHONY: typecheck
 typecheck: ## mypy --strict on the package and stubtest of the native stubs (after build-dev)
 	$(PYTHON) -m mypy python/awsiot_rs
+	$(PYTHON) -m mypy --python-version 3.10 python/awsiot_rs  # no 3.11+ stdlib or typing name (mypy cannot target 3.9)
 	$(PYTHON) -m mypy.stubtest awsiot_rs._native --allowlist tests/stubtest-allowlist.txt
 
 .PHONY: test-core

@@ -1,7 +1,9 @@
 """Type stubs for the Rust extension ``awsiot_rs._native`` (private; use ``awsiot_rs``)."""
 
 from os import PathLike
-from typing import Any, TypedDict, Unpack, final
+from typing import Any, TypedDict, final
+
+from typing_extensions import Unpack  # typing.Unpack is 3.11+; a stub import, never run
 
 from awsiot_rs.config import OfflineQueue, PolicyViolationCheck, Reconnect, Will
 
