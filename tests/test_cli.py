@@ -55,11 +55,18 @@ def new_id(prefix: str = "cli") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def running_sub(broker, *args: str, client_id: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:  # type: ignore[no-untyped-def]
     """A running ``sub`` whose subscription is in place, and what it said on stderr so far."""
+    # A terminal's Ctrl-C: the child gets SIGINT's default disposition even when this test runs
+    # where SIGINT is ignored (a background job of a non-interactive shell, as CI may be).
     with subprocess.Popen([sys.executable, "-m", "awsiot_rs", "sub", *args, *local(broker, client_id)],
-                          env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+                          env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          preexec_fn=_default_sigint) as proc:
         try:
             assert proc.stderr is not None
             seen = []
