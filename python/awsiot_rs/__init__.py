@@ -115,5 +115,7 @@ def _at_exit() -> None:
 
 # Disconnect live clients and stop the runtime before the interpreter finalizes.
 atexit.register(_at_exit)
-# Objects created before a fork() refuse to work in the child (instead of hanging).
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# Objects created before a fork() refuse to work in the child (instead of hanging). Windows
+# has no fork (and no os.register_at_fork).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
