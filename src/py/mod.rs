@@ -3,6 +3,7 @@
 mod client;
 mod credentials;
 mod errors;
+mod local;
 mod logging;
 mod message;
 mod notifier;
@@ -140,6 +141,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::ClientRef>()?;
     m.add_class::<subscription::SubscriptionRef>()?;
     m.add_class::<message::PyMessage>()?;
+    m.add_class::<local::LocalCoreRef>()?;
     m.add_function(wrap_pyfunction!(matches, m)?)?;
     m.add_function(wrap_pyfunction!(validate_topic, m)?)?;
     m.add_function(wrap_pyfunction!(validate_filter, m)?)?;

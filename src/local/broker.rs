@@ -1,0 +1,575 @@
+//! The message broker: sessions by client id (clean and persistent), the subscription index,
+//! retained messages and routing with AWS IoT's topic rules. Connections (`connection.rs`) call
+//! in; the broker hands them messages through bounded channels and never blocks on one.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
+use tokio::sync::mpsc;
+
+use crate::core::protocol::topic::{delivered, Limits};
+use crate::local::config::LocalConfig;
+use crate::local::lifecycle::DisconnectReason;
+
+/// A message as the broker routes it: shared by every subscriber it goes to.
+#[derive(Debug)]
+pub struct Message {
+    /// The topic it was published on.
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// What the broker sends a connection.
+#[derive(Debug)]
+pub enum ToConnection {
+    /// Deliver `message` at `qos`; `retain` is set only for a retained message sent to a new
+    /// subscription.
+    Publish {
+        /// The message.
+        message: Arc<Message>,
+        /// The QoS of this delivery (the lower of the publish's and the subscription's).
+        qos: QoS,
+        /// The RETAIN flag of this delivery.
+        retain: bool,
+    },
+    /// Close the connection for `reason` (takeover, `disconnect()`, stop).
+    Close(DisconnectReason),
+}
+
+/// How many messages may wait for one connection's writer before QoS 0 ones are dropped and
+/// QoS 1 ones are kept in the session (persistent) or dropped (clean).
+pub const CONNECTION_QUEUE: usize = 4096;
+
+/// A connection's end of the broker: where messages for it go.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    /// Unique per connection, so a late detach of a taken-over connection changes nothing.
+    pub id: u64,
+    /// Bounded queue to the connection's writer.
+    pub tx: mpsc::Sender<ToConnection>,
+}
+
+#[derive(Debug)]
+struct Session {
+    clean: bool,
+    subscriptions: HashMap<String, QoS>,
+    connection: Option<ConnectionHandle>,
+    /// QoS 1 messages for a persistent session while offline (or while its queue was full).
+    stored: VecDeque<Arc<Message>>,
+    offline_since: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    /// filter → (client id → QoS), filters without wildcards (looked up by topic).
+    exact: HashMap<String, HashMap<String, QoS>>,
+    /// filter → (client id → QoS), filters with `+` or `#` (matched one by one).
+    wildcard: HashMap<String, HashMap<String, QoS>>,
+    retained: HashMap<String, Arc<Message>>,
+    /// Lifecycle `versionNumber` per client id.
+    versions: HashMap<String, u64>,
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Messages routed (one per publish, whatever the number of subscribers).
+    pub routed: AtomicU64,
+    /// Deliveries dropped because a connection's queue was full or a clean session was offline.
+    pub dropped: AtomicU64,
+}
+
+/// What attaching a connection to its session gave.
+#[derive(Debug)]
+pub struct Attached {
+    /// Whether a persistent session was resumed (CONNACK's session present).
+    pub session_present: bool,
+    /// Messages stored for the session, to send right after CONNACK.
+    pub stored: Vec<Arc<Message>>,
+    /// The lifecycle version number of this connection.
+    pub version_number: u64,
+}
+
+/// The broker. One per local core.
+#[derive(Debug)]
+pub struct Broker {
+    config: LocalConfig,
+    state: Mutex<State>,
+    next_connection: AtomicU64,
+    /// Counters.
+    pub stats: BrokerStats,
+}
+
+fn max_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) >= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
+fn min_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
+fn is_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+impl Broker {
+    /// A broker with no sessions.
+    #[must_use]
+    pub fn new(config: LocalConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::new(State::default()),
+            next_connection: AtomicU64::new(1),
+            stats: BrokerStats::default(),
+        }
+    }
+
+    /// The configuration the core was started with.
+    #[must_use]
+    pub fn config(&self) -> &LocalConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new connection id and its queue.
+    #[must_use]
+    pub fn new_connection(&self) -> (ConnectionHandle, mpsc::Receiver<ToConnection>) {
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        (ConnectionHandle { id, tx }, rx)
+    }
+
+    /// Attaches a connection to the session of `client_id`: a connection already attached is
+    /// told to close (`DUPLICATE_CLIENTID`); a clean start drops any previous session; a
+    /// persistent one resumes unless it expired.
+    pub fn attach(&self, client_id: &str, clean: bool, handle: ConnectionHandle) -> Attached {
+        let expiry = self.config.persistent_session_expiry;
+        let mut st = self.lock();
+        let version_number = {
+            let v = st.versions.entry(client_id.to_owned()).or_insert(0);
+            *v += 1;
+            *v
+        };
+        if let Some(old) = st.sessions.get_mut(client_id) {
+            if let Some(conn) = old.connection.take() {
+                let _ = conn
+                    .tx
+                    .try_send(ToConnection::Close(DisconnectReason::DuplicateClientid));
+            }
+        }
+        let resumable = st.sessions.get(client_id).is_some_and(|s| {
+            !s.clean && !clean && s.offline_since.is_none_or(|t| t.elapsed() <= expiry)
+        });
+        if resumable {
+            let stored = st.sessions.get_mut(client_id).map_or_else(Vec::new, |s| {
+                s.connection = Some(handle);
+                s.offline_since = None;
+                s.stored.drain(..).collect()
+            });
+            return Attached {
+                session_present: true,
+                stored,
+                version_number,
+            };
+        }
+        Self::remove_session(&mut st, client_id);
+        st.sessions.insert(
+            client_id.to_owned(),
+            Session {
+                clean,
+                subscriptions: HashMap::new(),
+                connection: Some(handle),
+                stored: VecDeque::new(),
+                offline_since: None,
+            },
+        );
+        Attached {
+            session_present: false,
+            stored: Vec::new(),
+            version_number,
+        }
+    }
+
+    fn remove_session(st: &mut State, client_id: &str) {
+        if let Some(old) = st.sessions.remove(client_id) {
+            for filter in old.subscriptions.keys() {
+                Self::unindex(st, filter, client_id);
+            }
+        }
+    }
+
+    fn unindex(st: &mut State, filter: &str, client_id: &str) {
+        let index = if is_wildcard(filter) {
+            &mut st.wildcard
+        } else {
+            &mut st.exact
+        };
+        if let Some(clients) = index.get_mut(filter) {
+            clients.remove(client_id);
+            if clients.is_empty() {
+                index.remove(filter);
+            }
+        }
+    }
+
+    /// Detaches connection `id` from its session (if it is still the attached one): a clean
+    /// session ends; a persistent one keeps its subscriptions and gets `unacked` back first.
+    pub fn detach(&self, client_id: &str, id: u64, unacked: Vec<Arc<Message>>) {
+        let max_stored = self.config.max_stored_messages;
+        let mut st = self.lock();
+        let Some(session) = st.sessions.get_mut(client_id) else {
+            return;
+        };
+        let attached = session.connection.as_ref().is_some_and(|c| c.id == id);
+        if attached && session.clean {
+            Self::remove_session(&mut st, client_id);
+            return;
+        }
+        if session.clean {
+            // Taken over by a clean session: what the old connection held is gone with it.
+            return;
+        }
+        if attached {
+            session.connection = None;
+            session.offline_since = Some(Instant::now());
+            for m in unacked.into_iter().rev() {
+                session.stored.push_front(m);
+            }
+        } else if let Some(conn) = &session.connection {
+            // Taken over by a persistent session: redeliver on the new connection.
+            for message in unacked {
+                let _ = conn.tx.try_send(ToConnection::Publish {
+                    message,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                });
+            }
+        }
+        while session.stored.len() > max_stored {
+            session.stored.pop_front();
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops persistent sessions offline for longer than the expiry.
+    pub fn expire_sessions(&self) {
+        let expiry = self.config.persistent_session_expiry;
+        let mut st = self.lock();
+        let expired: Vec<String> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.offline_since.is_some_and(|t| t.elapsed() > expiry))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            Self::remove_session(&mut st, &id);
+        }
+    }
+
+    /// How many distinct filters the session of `client_id` holds.
+    #[must_use]
+    pub fn subscription_count(&self, client_id: &str) -> usize {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .map_or(0, |s| s.subscriptions.len())
+    }
+
+    /// Whether the session of `client_id` holds `filter`.
+    #[must_use]
+    pub fn has_subscription(&self, client_id: &str, filter: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.subscriptions.contains_key(filter))
+    }
+
+    /// Adds (or re-grants) a subscription; returns the retained message on exactly `filter`
+    /// (AWS delivers retained messages only to subscriptions whose filter is the topic).
+    pub fn subscribe(&self, client_id: &str, filter: &str, qos: QoS) -> Option<Arc<Message>> {
+        let mut st = self.lock();
+        let session = st.sessions.get_mut(client_id)?;
+        session.subscriptions.insert(filter.to_owned(), qos);
+        let index = if is_wildcard(filter) {
+            &mut st.wildcard
+        } else {
+            &mut st.exact
+        };
+        index
+            .entry(filter.to_owned())
+            .or_default()
+            .insert(client_id.to_owned(), qos);
+        match self.config.limits {
+            Limits::Aws if is_wildcard(filter) => None,
+            Limits::Aws => st.retained.get(filter).cloned(),
+            Limits::Mqtt => st
+                .retained
+                .iter()
+                .find(|(t, _)| delivered(filter, t, Limits::Mqtt))
+                .map(|(_, m)| Arc::clone(m)),
+        }
+    }
+
+    /// Removes a subscription; whether it existed.
+    pub fn unsubscribe(&self, client_id: &str, filter: &str) -> bool {
+        let mut st = self.lock();
+        let existed = st
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.subscriptions.remove(filter).is_some());
+        if existed {
+            Self::unindex(&mut st, filter, client_id);
+        }
+        existed
+    }
+
+    /// Stores (or, with an empty payload, clears) the retained message of `topic`.
+    pub fn retain(&self, topic: &str, payload: &Bytes) {
+        let mut st = self.lock();
+        if payload.is_empty() {
+            st.retained.remove(topic);
+        } else {
+            st.retained.insert(
+                topic.to_owned(),
+                Arc::new(Message {
+                    topic: topic.to_owned(),
+                    payload: payload.clone(),
+                }),
+            );
+        }
+    }
+
+    /// Routes a message to every matching subscription: once per session, at the highest QoS
+    /// of its matching filters, capped by `qos`. Returns how many sessions it went to.
+    pub fn route(&self, topic: &str, payload: Bytes, qos: QoS) -> usize {
+        self.stats.routed.fetch_add(1, Ordering::Relaxed);
+        let limits = self.config.limits;
+        let max_stored = self.config.max_stored_messages;
+        let message = Arc::new(Message {
+            topic: topic.to_owned(),
+            payload,
+        });
+        let mut st = self.lock();
+        let mut targets: HashMap<String, QoS> = HashMap::new();
+        if let Some(clients) = st.exact.get(topic) {
+            for (c, q) in clients {
+                targets.insert(c.clone(), *q);
+            }
+        }
+        for (filter, clients) in &st.wildcard {
+            if delivered(filter, topic, limits) {
+                for (c, q) in clients {
+                    let e = targets.entry(c.clone()).or_insert(*q);
+                    *e = max_qos(*e, *q);
+                }
+            }
+        }
+        let n = targets.len();
+        for (client, sub_qos) in targets {
+            let qos = min_qos(qos, sub_qos);
+            let Some(session) = st.sessions.get_mut(&client) else {
+                continue;
+            };
+            let sent = session.connection.as_ref().is_some_and(|c| {
+                c.tx.try_send(ToConnection::Publish {
+                    message: Arc::clone(&message),
+                    qos,
+                    retain: false,
+                })
+                .is_ok()
+            });
+            if sent {
+                continue;
+            }
+            if qos == QoS::AtLeastOnce && !session.clean {
+                session.stored.push_back(Arc::clone(&message));
+                if session.stored.len() > max_stored {
+                    session.stored.pop_front();
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        n
+    }
+
+    /// Tells the connection of `client_id` to close; whether one was connected.
+    pub fn kick(&self, client_id: &str, reason: DisconnectReason) -> bool {
+        let st = self.lock();
+        st.sessions
+            .get(client_id)
+            .and_then(|s| s.connection.as_ref())
+            .is_some_and(|c| c.tx.try_send(ToConnection::Close(reason)).is_ok())
+    }
+
+    /// Tells every connection to close.
+    pub fn kick_all(&self, reason: DisconnectReason) {
+        let st = self.lock();
+        for s in st.sessions.values() {
+            if let Some(c) = &s.connection {
+                let _ = c.tx.try_send(ToConnection::Close(reason));
+            }
+        }
+    }
+
+    /// The client ids with a connection attached, sorted.
+    #[must_use]
+    pub fn connected_clients(&self) -> Vec<String> {
+        let st = self.lock();
+        let mut ids: Vec<String> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.connection.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn broker() -> Broker {
+        Broker::new(LocalConfig::default())
+    }
+
+    fn next(rx: &mut mpsc::Receiver<ToConnection>) -> Option<(String, QoS, bool)> {
+        match rx.try_recv().ok()? {
+            ToConnection::Publish {
+                message,
+                qos,
+                retain,
+            } => Some((message.topic.clone(), qos, retain)),
+            ToConnection::Close(r) => Some((r.as_str().to_owned(), QoS::AtMostOnce, false)),
+        }
+    }
+
+    #[test]
+    fn a_message_goes_once_per_session_at_the_highest_matching_qos() {
+        let b = broker();
+        let (h, mut rx) = b.new_connection();
+        b.attach("c", true, h);
+        b.subscribe("c", "a/+", QoS::AtMostOnce);
+        b.subscribe("c", "a/b", QoS::AtLeastOnce);
+        assert_eq!(
+            b.route("a/b", Bytes::from_static(b"x"), QoS::AtLeastOnce),
+            1
+        );
+        assert_eq!(next(&mut rx), Some(("a/b".into(), QoS::AtLeastOnce, false)));
+        assert_eq!(next(&mut rx), None);
+        // Capped by the publish's QoS.
+        b.route("a/b", Bytes::from_static(b"x"), QoS::AtMostOnce);
+        assert_eq!(next(&mut rx), Some(("a/b".into(), QoS::AtMostOnce, false)));
+    }
+
+    #[test]
+    fn aws_rules_wildcards_skip_dollar_topics_and_the_parent_level() {
+        let b = broker();
+        let (h, mut rx) = b.new_connection();
+        b.attach("c", true, h);
+        b.subscribe("c", "#", QoS::AtMostOnce);
+        b.subscribe("c", "Sensor/#", QoS::AtMostOnce);
+        assert_eq!(
+            b.route("$aws/things/t/shadow/update", Bytes::new(), QoS::AtMostOnce),
+            0
+        );
+        b.route("Sensor", Bytes::new(), QoS::AtMostOnce);
+        // Delivered through "#" only, once.
+        assert_eq!(next(&mut rx).map(|m| m.0), Some("Sensor".into()));
+        assert_eq!(next(&mut rx), None);
+    }
+
+    #[test]
+    fn retained_messages_reach_exact_filters_only_and_an_empty_payload_clears() {
+        let b = broker();
+        let (h, _rx) = b.new_connection();
+        b.attach("c", true, h);
+        b.retain("r/1", &Bytes::from_static(b"v"));
+        assert!(b.subscribe("c", "r/+", QoS::AtLeastOnce).is_none());
+        assert_eq!(
+            b.subscribe("c", "r/1", QoS::AtLeastOnce)
+                .map(|m| m.payload.clone()),
+            Some(Bytes::from_static(b"v"))
+        );
+        b.retain("r/1", &Bytes::new());
+        assert!(b.subscribe("c", "r/1", QoS::AtLeastOnce).is_none());
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_subscriptions_and_qos1_messages_while_offline() {
+        let b = broker();
+        let (h, _rx) = b.new_connection();
+        let id = h.id;
+        assert!(!b.attach("p", false, h).session_present);
+        b.subscribe("p", "t", QoS::AtLeastOnce);
+        b.detach("p", id, Vec::new());
+        assert!(b.connected_clients().is_empty());
+        b.route("t", Bytes::from_static(b"1"), QoS::AtLeastOnce);
+        b.route("t", Bytes::from_static(b"0"), QoS::AtMostOnce);
+        let (h2, _rx2) = b.new_connection();
+        let a = b.attach("p", false, h2);
+        assert!(a.session_present);
+        assert_eq!(a.stored.len(), 1);
+        assert_eq!(a.stored[0].payload, Bytes::from_static(b"1"));
+        assert_eq!(a.version_number, 2);
+        // A clean start drops it.
+        let (h3, _rx3) = b.new_connection();
+        assert!(!b.attach("p", true, h3).session_present);
+        assert_eq!(b.subscription_count("p"), 0);
+    }
+
+    #[test]
+    fn an_expired_persistent_session_is_not_resumed() {
+        let b = Broker::new(LocalConfig {
+            persistent_session_expiry: Duration::from_millis(1),
+            ..LocalConfig::default()
+        });
+        let (h, _rx) = b.new_connection();
+        let id = h.id;
+        b.attach("p", false, h);
+        b.subscribe("p", "t", QoS::AtLeastOnce);
+        b.detach("p", id, Vec::new());
+        std::thread::sleep(Duration::from_millis(5));
+        b.expire_sessions();
+        let (h2, _rx2) = b.new_connection();
+        assert!(!b.attach("p", false, h2).session_present);
+    }
+
+    #[test]
+    fn a_second_connection_with_the_same_id_closes_the_first() {
+        let b = broker();
+        let (h1, mut rx1) = b.new_connection();
+        let id1 = h1.id;
+        b.attach("dup", true, h1);
+        let (h2, _rx2) = b.new_connection();
+        b.attach("dup", true, h2);
+        assert_eq!(
+            next(&mut rx1).map(|m| m.0),
+            Some("DUPLICATE_CLIENTID".into())
+        );
+        // The late detach of the first leaves the second attached.
+        b.detach("dup", id1, Vec::new());
+        assert_eq!(b.connected_clients(), ["dup"]);
+    }
+}
