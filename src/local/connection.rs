@@ -25,7 +25,7 @@ use crate::local::config::Qos2Policy;
 use crate::local::events::{now_ms, CoreEvent, EventKind};
 use crate::local::lifecycle::{self, DisconnectReason, Presence};
 use crate::local::reserved_topics::{self, PublishKind};
-use crate::local::shared::{CoreShared, Principal};
+use crate::local::shared::{stopped, CoreShared, Principal};
 
 /// AWS IoT: client ids are at most 128 bytes.
 pub const AWS_MAX_CLIENT_ID: usize = 128;
@@ -459,7 +459,7 @@ impl Session {
                 () = sleep_until(expires) => {
                     return Ended::because(DisconnectReason::CustomauthTtlExpiration);
                 }
-                _ = shutdown.changed() => {
+                () = stopped(&mut shutdown) => {
                     return Ended::because(DisconnectReason::ServerInitiatedDisconnect);
                 }
             }

@@ -16,7 +16,7 @@ use crate::local::connection::{self, Admission};
 use crate::local::events::{CoreEvent, EventKind};
 use crate::local::lifecycle::DisconnectReason;
 use crate::local::registry::CertificateRole;
-use crate::local::shared::{CoreShared, Principal};
+use crate::local::shared::{stopped, CoreShared, Principal};
 use crate::local::sigv4_verify;
 use crate::local::tls_server::peer_certificate_id;
 use crate::local::wss;
@@ -81,7 +81,7 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stop.changed() => break,
+            () = stopped(&mut stop) => break,
         }
     }
     drop(listener);
@@ -114,7 +114,7 @@ async fn handle(
     let handshake_timeout = shared.config.handshake_timeout;
     let tls = tokio::select! {
         r = timeout(handshake_timeout, acceptor.accept(tcp)) => r,
-        _ = stop.changed() => return,
+        () = stopped(&mut stop) => return,
     };
     let tls = match tls {
         Ok(Ok(s)) => s,

@@ -19,7 +19,7 @@ use crate::local::lifecycle::DisconnectReason;
 use crate::local::listener::{self, ListenerKind, ALPN_MQTT, ALPN_MQTT_CA};
 use crate::local::pki::{CertificateAuthority, IssuedCertificate};
 use crate::local::registry::Registry;
-use crate::local::shared::CoreShared;
+use crate::local::shared::{stopped, CoreShared};
 use crate::local::tls_server::{self, CertificateStatus, RegisteredCertificateVerifier};
 
 /// The real ports of a started core.
@@ -122,7 +122,7 @@ impl LocalCore {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(SWEEP_EVERY) => sweeper.broker.expire_sessions(),
-                    _ = stop.changed() => break,
+                    () = stopped(&mut stop) => break,
                 }
             }
         }));

@@ -182,3 +182,9 @@ impl CoreShared {
         }
     }
 }
+
+/// Resolves once the core is told to stop, including when it already was (a receiver made
+/// after the signal still sees it, unlike `changed()`).
+pub async fn stopped(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stopped| *stopped).await;
+}
