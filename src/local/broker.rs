@@ -411,6 +411,11 @@ impl Broker {
         n
     }
 
+    /// Counts a delivery a connection had to drop.
+    pub fn count_dropped(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Tells the connection of `client_id` to close; whether one was connected.
     pub fn kick(&self, client_id: &str, reason: DisconnectReason) -> bool {
         let st = self.lock();

@@ -120,7 +120,12 @@ pub async fn serve<S>(
 {
     let mut buf = BytesMut::with_capacity(4096);
     let deadline = Instant::now() + shared.config.handshake_timeout;
-    let connect = match timeout_at(deadline, read_connect(&mut stream, &mut buf)).await {
+    let mut stop = shared.shutdown_signal();
+    let first = tokio::select! {
+        r = timeout_at(deadline, read_connect(&mut stream, &mut buf)) => r,
+        () = stopped(&mut stop) => return,
+    };
+    let connect = match first {
         Some(Ok(c)) => c,
         Some(Err(refusal)) => {
             if let Some(code) = refusal.code {
@@ -377,6 +382,11 @@ impl Session {
             return;
         }
         if self.inflight.len() >= AWS_MAX_INFLIGHT {
+            // A client that reads but never acknowledges: keep a bounded backlog.
+            if self.waiting.len() >= self.shared.config.max_stored_messages {
+                self.waiting.pop_front();
+                self.shared.broker.count_dropped();
+            }
             self.waiting.push_back(message);
             return;
         }
