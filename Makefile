@@ -75,7 +75,11 @@ test: install-deps build-dev lint typecheck test-core wheel test-py ## Everythin
 	$(PYTHON) tests/matrix.py --versions 3.9 3.13
 
 .PHONY: demo
-demo: install-deps build-dev ## Local mTLS mosquitto + examples/quickstart.py against it
+demo: build-dev ## The main job, offline: the embedded AWS IoT Core, a device over mTLS, its lifecycle events and shadow delta (nothing from apt)
+	$(PYTHON) -m awsiot_rs demo
+
+.PHONY: demo-mosquitto
+demo-mosquitto: install-deps build-dev ## examples/quickstart.py against a private mutual-TLS mosquitto (apt)
 	$(PYTHON) examples/demo.py
 
 .PHONY: bench
