@@ -596,3 +596,46 @@ async fn starting_and_stopping_200_times_leaks_no_port_or_descriptor() {
         "descriptors: {before} before, {after} after"
     );
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_loses_no_qos1_message_behind_a_fast_publisher() {
+    let core = core_with(LocalConfig {
+        connection_queue: 16,
+        ..LocalConfig::default()
+    })
+    .await;
+    let id = core.register_thing("t", serde_json::Map::new()).unwrap();
+    let (mut sub, _) = connect(&core, &id, "slow", true).await;
+    subscribe(&mut sub, &[("load/#", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) = connect(&core, &id, "fast", true).await;
+    // 100 in flight × 64 KiB fill the subscriber's socket buffers while it does not read, so
+    // the connection blocks in a write and its queue (16 here) overflows into the backlog.
+    let n = 600u32;
+    let payload = vec![7u8; 64 * 1024];
+    let mut out = BytesMut::new();
+    for i in 0..n {
+        let mut p = Publish::new(format!("load/{i}"), QoS::AtLeastOnce, payload.clone());
+        p.pkid = u16::try_from(i % 60_000 + 1).unwrap();
+        Packet::Publish(p).write(&mut out, usize::MAX).unwrap();
+    }
+    let writer = tokio::spawn(async move {
+        publisher.send_raw(&out).await;
+        let mut acks = 0;
+        while acks < n {
+            match publisher.recv().await {
+                Some(Packet::PubAck(_)) => acks += 1,
+                Some(_) => {}
+                None => panic!("publisher closed after {acks} PUBACKs"),
+            }
+        }
+        publisher
+    });
+    let _publisher = writer.await.unwrap();
+    // Only now does the subscriber read: every message arrives, in order.
+    for i in 0..n {
+        let m = next_publish(&mut sub).await;
+        assert_eq!(m.topic, format!("load/{i}"));
+    }
+    assert_eq!(core.counters().1, 0, "the core dropped deliveries");
+    core.stop().await;
+}

@@ -3,7 +3,7 @@
 //! in; the broker hands them messages through bounded channels and never blocks on one.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -41,10 +41,6 @@ pub enum ToConnection {
     Close(DisconnectReason),
 }
 
-/// How many messages may wait for one connection's writer before QoS 0 ones are dropped and
-/// QoS 1 ones are kept in the session (persistent) or dropped (clean).
-pub const CONNECTION_QUEUE: usize = 4096;
-
 /// A connection's end of the broker: where messages for it go.
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
@@ -52,6 +48,9 @@ pub struct ConnectionHandle {
     pub id: u64,
     /// Bounded queue to the connection's writer.
     pub tx: mpsc::Sender<ToConnection>,
+    /// Set while messages wait in the session's backlog because the queue was full; the
+    /// connection then takes them with [`Broker::take_backlog`] once its queue is empty.
+    pub backlogged: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -59,8 +58,11 @@ struct Session {
     clean: bool,
     subscriptions: HashMap<String, QoS>,
     connection: Option<ConnectionHandle>,
-    /// QoS 1 messages for a persistent session while offline (or while its queue was full).
+    /// QoS 1 messages for a persistent session while offline.
     stored: VecDeque<Arc<Message>>,
+    /// Deliveries for the connected client that did not fit its queue, in order; later ones
+    /// queue behind them until the connection has taken them all.
+    backlog: VecDeque<(Arc<Message>, QoS)>,
     offline_since: Option<Instant>,
 }
 
@@ -151,9 +153,16 @@ impl Broker {
     /// A new connection id and its queue.
     #[must_use]
     pub fn new_connection(&self) -> (ConnectionHandle, mpsc::Receiver<ToConnection>) {
-        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        let (tx, rx) = mpsc::channel(self.config.connection_queue.max(1));
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        (ConnectionHandle { id, tx }, rx)
+        (
+            ConnectionHandle {
+                id,
+                tx,
+                backlogged: Arc::new(AtomicBool::new(false)),
+            },
+            rx,
+        )
     }
 
     /// Attaches a connection to the session of `client_id`: a connection already attached is
@@ -181,7 +190,13 @@ impl Broker {
             let stored = st.sessions.get_mut(client_id).map_or_else(Vec::new, |s| {
                 s.connection = Some(handle);
                 s.offline_since = None;
-                s.stored.drain(..).collect()
+                // What the taken-over connection had not taken yet comes first.
+                let backlog = s
+                    .backlog
+                    .drain(..)
+                    .filter(|(_, q)| *q == QoS::AtLeastOnce)
+                    .map(|(m, _)| m);
+                backlog.chain(s.stored.drain(..)).collect()
             });
             return Attached {
                 session_present: true,
@@ -197,6 +212,7 @@ impl Broker {
                 subscriptions: HashMap::new(),
                 connection: Some(handle),
                 stored: VecDeque::new(),
+                backlog: VecDeque::new(),
                 offline_since: None,
             },
         );
@@ -249,7 +265,13 @@ impl Broker {
         if attached {
             session.connection = None;
             session.offline_since = Some(Instant::now());
-            for m in unacked.into_iter().rev() {
+            let backlog: Vec<Arc<Message>> = session
+                .backlog
+                .drain(..)
+                .filter(|(_, q)| *q == QoS::AtLeastOnce)
+                .map(|(m, _)| m)
+                .collect();
+            for m in unacked.into_iter().chain(backlog).rev() {
                 session.stored.push_front(m);
             }
         } else if let Some(conn) = &session.connection {
@@ -387,26 +409,32 @@ impl Broker {
             let Some(session) = st.sessions.get_mut(&client) else {
                 continue;
             };
-            let sent = session.connection.as_ref().is_some_and(|c| {
-                c.tx.try_send(ToConnection::Publish {
-                    message: Arc::clone(&message),
-                    qos,
-                    retain: false,
-                })
-                .is_ok()
-            });
-            if sent {
-                continue;
-            }
-            if qos == QoS::AtLeastOnce && !session.clean {
-                session.stored.push_back(Arc::clone(&message));
-                if session.stored.len() > max_stored {
-                    session.stored.pop_front();
+            if let Some(conn) = &session.connection {
+                if session.backlog.is_empty() {
+                    match conn.tx.try_send(ToConnection::Publish {
+                        message: Arc::clone(&message),
+                        qos,
+                        retain: false,
+                    }) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        // The connection is ending: its session keeps what it may.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            Self::store(session, &message, qos, max_stored, &self.stats);
+                            continue;
+                        }
+                    }
+                }
+                // The connection's queue is full: keep the delivery, in order, for it to take.
+                session.backlog.push_back((Arc::clone(&message), qos));
+                conn.backlogged.store(true, Ordering::Release);
+                if session.backlog.len() > max_stored {
+                    session.backlog.pop_front();
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-            } else {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
+            Self::store(session, &message, qos, max_stored, &self.stats);
         }
         n
     }
@@ -414,6 +442,50 @@ impl Broker {
     /// Counts a delivery a connection had to drop.
     pub fn count_dropped(&self) {
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn store(
+        session: &mut Session,
+        message: &Arc<Message>,
+        qos: QoS,
+        max_stored: usize,
+        stats: &BrokerStats,
+    ) {
+        if qos == QoS::AtLeastOnce && !session.clean {
+            session.stored.push_back(Arc::clone(message));
+            if session.stored.len() > max_stored {
+                session.stored.pop_front();
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Up to `max` deliveries from the backlog of connection `id` (oldest first); clears its
+    /// `backlogged` flag once the backlog is empty.
+    pub fn take_backlog(
+        &self,
+        client_id: &str,
+        id: u64,
+        backlogged: &AtomicBool,
+        max: usize,
+    ) -> Vec<(Arc<Message>, QoS)> {
+        let mut st = self.lock();
+        let Some(session) = st
+            .sessions
+            .get_mut(client_id)
+            .filter(|s| s.connection.as_ref().is_some_and(|c| c.id == id))
+        else {
+            backlogged.store(false, Ordering::Release);
+            return Vec::new();
+        };
+        let n = max.min(session.backlog.len());
+        let taken: Vec<(Arc<Message>, QoS)> = session.backlog.drain(..n).collect();
+        if session.backlog.is_empty() {
+            backlogged.store(false, Ordering::Release);
+        }
+        taken
     }
 
     /// Tells the connection of `client_id` to close; whether one was connected.

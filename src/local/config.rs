@@ -58,8 +58,12 @@ pub struct LocalConfig {
     pub handshake_timeout: Duration,
     /// Bound on one custom-authorizer call (AWS's Lambda timeout is 5 s).
     pub authorizer_timeout: Duration,
-    /// Undelivered QoS 1 messages kept per persistent session (the oldest go first beyond it).
+    /// Undelivered QoS 1 messages kept per persistent session (the oldest go first beyond it),
+    /// and the bound of a connected client's backlog.
     pub max_stored_messages: usize,
+    /// Messages that may wait in a connection's queue before further ones go to its session's
+    /// backlog.
+    pub connection_queue: usize,
 }
 
 impl Default for LocalConfig {
@@ -76,6 +80,7 @@ impl Default for LocalConfig {
             handshake_timeout: Duration::from_secs(10),
             authorizer_timeout: Duration::from_secs(5),
             max_stored_messages: 10_000,
+            connection_queue: 4096,
         }
     }
 }
@@ -91,6 +96,11 @@ impl LocalConfig {
                 "persistent_session_expiry must be at most {} s (7 days, AWS's maximum)",
                 MAX_SESSION_EXPIRY.as_secs()
             )));
+        }
+        if self.connection_queue == 0 || self.max_stored_messages == 0 {
+            return Err(LocalError::Config(
+                "connection_queue and max_stored_messages must be at least 1".into(),
+            ));
         }
         if self.handshake_timeout.is_zero() || self.authorizer_timeout.is_zero() {
             return Err(LocalError::Config(

@@ -91,6 +91,8 @@ struct Session {
     version_number: u64,
     ip: String,
     handle_id: u64,
+    /// Set by the broker while deliveries wait in the session's backlog.
+    backlogged: Arc<std::sync::atomic::AtomicBool>,
     keep_alive: Option<Duration>,
     will: Option<LastWill>,
     expires: Option<Instant>,
@@ -171,6 +173,7 @@ pub async fn serve<S>(
     let (handle, mut rx): (ConnectionHandle, mpsc::Receiver<ToConnection>) =
         shared.broker.new_connection();
     let handle_id = handle.id;
+    let backlogged = Arc::clone(&handle.backlogged);
     let attached = shared
         .broker
         .attach(&client_id, connect.clean_session, handle);
@@ -179,6 +182,7 @@ pub async fn serve<S>(
         version_number: attached.version_number,
         ip: peer.ip().to_string(),
         handle_id,
+        backlogged,
         keep_alive: shared.config.effective_keep_alive(connect.keep_alive),
         will: connect.last_will.clone(),
         expires,
@@ -423,6 +427,25 @@ impl Session {
             return ended;
         }
         loop {
+            // Deliveries that did not fit the queue: take them once it is empty and the
+            // in-flight window has room, so their order is kept and nothing is dropped.
+            let mut more_backlog = false;
+            if self.backlogged.load(std::sync::atomic::Ordering::Acquire)
+                && rx.is_empty()
+                && self.waiting.is_empty()
+            {
+                let taken = self.shared.broker.take_backlog(
+                    &self.client_id,
+                    self.handle_id,
+                    &self.backlogged,
+                    WRITE_BATCH,
+                );
+                for (m, q) in taken {
+                    self.deliver(m, q, false);
+                }
+                more_backlog = self.backlogged.load(std::sync::atomic::Ordering::Acquire)
+                    && self.waiting.is_empty();
+            }
             if !self.out.is_empty() {
                 let out = self.out.split();
                 match timeout(WRITE_TIMEOUT, async {
@@ -434,6 +457,11 @@ impl Session {
                     Ok(Ok(())) => {}
                     _ => return Ended::because(DisconnectReason::ConnectionLost),
                 }
+            }
+            if more_backlog {
+                // Still room in flight and more waiting: go on without parking.
+                tokio::task::yield_now().await;
+                continue;
             }
             tokio::select! {
                 read = stream.read_buf(&mut buf) => {
