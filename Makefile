@@ -14,7 +14,7 @@ install-deps: ## Install what a fresh machine lacks: mosquitto and tinyproxy (ap
 		{ (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto tinyproxy >/dev/null; }
 	@systemctl disable --now mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true
 	@systemctl disable --now tinyproxy >/dev/null 2>&1 || service tinyproxy stop >/dev/null 2>&1 || true
-	$(PIP) install "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "cryptography>=42" "mypy>=1.10" "paho-mqtt>=2,<3" "websockets>=14" "botocore>=1.34" "cbor2>=5" "nbclient>=0.10" "nbformat>=5.10" "ipykernel>=6.29"
+	$(PIP) install "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "cryptography>=42" "mypy>=1.10" "paho-mqtt>=2,<3" "websockets>=14" "botocore>=1.34" "cbor2>=5" "nbclient>=0.10" "nbformat>=5.10" "ipykernel>=6.29" "awsiotsdk>=1.20"
 
 .PHONY: build-dev
 build-dev: ## Build the extension and install the package in editable mode

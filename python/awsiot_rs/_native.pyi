@@ -204,3 +204,67 @@ def presign_url(
 def set_log_level(level: int) -> None: ...
 def drain_logs() -> list[tuple[int, str, str]]: ...
 def dropped_logs() -> int: ...
+
+@final
+class LocalCoreRef:
+    """Native handle of one embedded AWS IoT Core (``awsiot_rs.local.LocalIoTCore``)."""
+
+    @staticmethod
+    def start(
+        host: str,
+        mqtt_port: int,
+        alpn_port: int,
+        custom_auth_port: int,
+        wss_port: int,
+        limits: str,
+        qos2: str,
+        persistent_session_expiry: float,
+    ) -> LocalCoreRef:
+        """Blocking (GIL released): creates the CA and binds the four listeners.
+        ``ConfigError`` for a bad value, ``OSError`` for a port in use."""
+    def stop(self) -> None:
+        """Blocking (GIL released), idempotent: closes every connection, frees every port."""
+    @property
+    def ports(self) -> dict[str, int]:
+        """``{"mqtt", "alpn", "custom_auth", "wss"}``: the bound ports."""
+    @property
+    def ca_pem(self) -> bytes:
+        """The core's CA certificate (PEM)."""
+    def register_thing(self, thing_name: str, attributes_json: str | None = None) -> tuple[bytes, bytes, str]:
+        """A thing and an ACTIVE certificate: ``(cert_pem, key_pem, certificate_id)``."""
+    def certificate_status(self, certificate_id: str, status: str) -> None:
+        """``ACTIVE``, ``INACTIVE`` or ``REVOKED``; ``KeyError`` for an unknown id."""
+    def add_credentials(self, access_key: str, secret_key: str, session_token: str | None = None) -> None: ...
+    def add_authorizer(self, name: str, token_key_name: str | None = None, signing: bool = False) -> None: ...
+    def next_authorizer_request(self, timeout: float) -> tuple[int, dict[str, object]] | None:
+        """Blocking up to ``timeout`` (GIL released): the next question to an authorizer, or
+        None on timeout or once the core is stopped."""
+    def answer_authorizer(
+        self,
+        request_id: int,
+        allow: bool,
+        principal_id: str | None = None,
+        disconnect_after: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Answers an authorizer request (``error``: deny with that reason); ignored once
+        the core stopped waiting for it."""
+    def add_provisioning_template(
+        self, name: str, body_json: str, claim_thing: str | None = None
+    ) -> tuple[bytes, bytes, str]:
+        """Adds a template; returns the claim certificate ``(cert_pem, key_pem, certificate_id)``."""
+    def add_job(self, thing_name: str, job_id: str, document_json: str) -> None: ...
+    def shadow_document(self, thing_name: str, shadow_name: str | None = None) -> str | None: ...
+    def job_execution(self, thing_name: str, job_id: str) -> str | None: ...
+    def events_follow(self) -> int:
+        """A cursor at the end of the event log (publish events are recorded from now on)."""
+    def events_read(self, cursor: int, max: int, timeout: float) -> tuple[list[str], int, int, bool]:
+        """Blocking up to ``timeout`` (GIL released): ``(events as JSON, next cursor, missed,
+        closed)``."""
+    def events_release(self) -> None:
+        """Ends one ``events_follow()``."""
+    def disconnect(self, client_id: str, reason: str) -> bool: ...
+    def connected_clients(self) -> list[str]: ...
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None: ...
+    def counters(self) -> tuple[int, int]:
+        """``(routed, dropped)``."""

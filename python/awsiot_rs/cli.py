@@ -1,7 +1,10 @@
 """``awsiot-rs``: the command line (also ``python -m awsiot_rs``).
 
-Commands: ``pub``, ``sub``, ``shadow`` and ``provision``; ``awsiot-rs --help`` and
-``awsiot-rs COMMAND --help`` list the options, with examples.
+Commands: ``pub``, ``sub``, ``shadow`` and ``provision`` talk to AWS IoT Core (or any MQTT
+3.1.1 broker); ``demo`` and ``local`` run the embedded AWS IoT Core (:mod:`awsiot_rs.local`):
+``demo`` walks a device through it and prints a transcript, ``local`` serves it in the
+foreground for clients in any language. ``awsiot-rs --help`` and ``awsiot-rs COMMAND --help``
+list the options, with examples.
 
 Exit codes: 0 success; 2 usage or configuration error (reported on stderr before anything is
 sent); 3 connection or authentication failure; 4 operation failed or timed out (a refused
@@ -16,6 +19,10 @@ operation is cancelled on the background loop, and ``with client:`` still sends 
 the way out. It also makes the command line the sync layer's first everyday user. Everything
 on stdout is machine-readable (JSON); progress and errors go to stderr and never contain a
 secret (only the endpoint, port, client id, topics and file paths are named).
+
+``demo`` and ``local`` are the exceptions: they run the embedded core, which needs an event
+loop of its own for a while, so they use the asyncio API under ``asyncio.run``; their stdout is
+a transcript for people (``local --json`` prints one JSON line instead).
 """
 
 from __future__ import annotations
@@ -30,9 +37,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from . import __version__, topics
 from .auth import Credentials, MtlsAuth, SigV4Auth
@@ -50,6 +57,8 @@ __all__ = [
     "main",
     "message_to_json",
 ]
+
+_T = TypeVar("_T")
 
 #: The command did what it was asked.
 EXIT_OK = 0
@@ -217,6 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csr", metavar="FILE", help="sign this CSR instead of having AWS create the key (no key file written)")
     p.add_argument("--force", action="store_true", help="replace existing files in DIR")
     p.set_defaults(handler=_cmd_provision)
+
+    # The embedded core's commands take no connection options: they make their own.
+    p = commands.add_parser(
+        "demo",
+        help="run the embedded AWS IoT Core and walk a device through it (a transcript on stdout)",
+        description="Starts the embedded AWS IoT Core on loopback, registers a thing, connects it over "
+        "mutual TLS, watches its lifecycle events from a second client, publishes, updates its shadow "
+        "and prints the delta. Needs no AWS account and no network.",
+        formatter_class=raw,
+    )
+    p.add_argument("--thing", default="demo-sensor", metavar="THING", help="the demo thing's name (default demo-sensor)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for each step (default 5)")
+    p.set_defaults(standalone=_cmd_demo)
+
+    p = commands.add_parser(
+        "local",
+        help="run the embedded AWS IoT Core in the foreground (Ctrl-C stops it)",
+        description="Runs the embedded AWS IoT Core for clients in any language and prints its "
+        "endpoint, ports and CA file (and each --register'ed thing's certificate and key files). "
+        "Ctrl-C or SIGTERM stops it (exit 0).",
+        epilog="example:\n  awsiot-rs local --mqtt-port 8883 --register sensor-1 --state-dir ./local-iot\n",
+        formatter_class=raw,
+    )
+    p.add_argument("--host", default="127.0.0.1", metavar="H", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--mqtt-port", type=int, default=0, metavar="N", help="mutual TLS port (default: a free port)")
+    p.add_argument("--alpn-port", type=int, default=0, metavar="N", help="mutual TLS + ALPN x-amzn-mqtt-ca port")
+    p.add_argument("--custom-auth-port", type=int, default=0, metavar="N", help="custom authorizer port (TLS, ALPN mqtt)")
+    p.add_argument("--wss-port", type=int, default=0, metavar="N", help="MQTT over WebSocket port (SigV4 or custom authorizer)")
+    p.add_argument("--register", action="append", default=[], metavar="THING", help="register THING and write its certificate and key (repeatable)")
+    p.add_argument("--state-dir", metavar="DIR", help="where the CA, certificates and keys go (default: a temporary directory, removed on exit)")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the text block")
+    p.set_defaults(standalone=_cmd_local)
     return parser
 
 
@@ -582,6 +623,181 @@ def _cmd_provision(args: argparse.Namespace, opts: _Options, env: dict[str, str]
     return EXIT_OK
 
 
+# -- the embedded core: demo and local -------------------------------------------------------
+
+
+class _DemoFailed(Exception):
+    """A demo step did not happen in time."""
+
+
+async def _demo(thing: str, timeout: float, say: Callable[[str, str], None]) -> None:
+    """The ``demo`` walk-through (``say(who, text)`` prints one transcript line)."""
+    from .local import LocalIoTCore
+
+    async def within(what: str, aw: Awaitable[_T]) -> _T:
+        try:
+            return await asyncio.wait_for(aw, timeout)
+        except asyncio.TimeoutError:
+            raise _DemoFailed(f"{what}: nothing within {timeout:g} s") from None
+
+    async with LocalIoTCore() as core:
+        ports = core.ports
+        say("core", f"AWS IoT Core (embedded) listening on {core.endpoint}: mutual TLS {ports['mqtt']}, "
+                    f"ALPN {ports['alpn']}, custom auth {ports['custom_auth']}, WebSocket {ports['wss']}")
+        say("core", f"CA certificate: {core.ca_file}")
+        dev = core.register_thing(thing, attributes={"room": "lab"})
+        say("core", f"registered thing {thing!r}, certificate {dev.certificate_id[:16]}... (ACTIVE)")
+        watcher_name = f"{thing}-observer"
+        core.register_thing(watcher_name)
+
+        async with core.client(watcher_name) as observer:
+            presence_filter = f"$aws/events/presence/+/{thing}"
+            presence = await observer.subscribe(presence_filter, qos=1)
+            telemetry_filter = f"demo/{thing}/telemetry"
+            telemetry = await observer.subscribe(telemetry_filter, qos=1)
+            say("observer", f"connected; subscribed to {presence_filter} and {telemetry_filter}")
+
+            sensor = core.client(thing)
+            result = await within("connect", sensor.connect())
+            say(thing, f"connected over mutual TLS (session present: {result.session_present})")
+            msg = await within("the connected lifecycle event", presence.__anext__())
+            ev = msg.json()
+            say("observer", f"{msg.topic}: eventType={ev.get('eventType')} clientId={ev.get('clientId')} "
+                            f"principal={str(ev.get('principalIdentifier'))[:16]}...")
+
+            await within("publish", sensor.publish(f"demo/{thing}/telemetry", {"temp": 21.5, "unit": "C"}, qos=1))
+            say(thing, f"published {{\"temp\": 21.5, \"unit\": \"C\"}} to demo/{thing}/telemetry (QoS 1, acknowledged)")
+            msg = await within("the telemetry message", telemetry.__anext__())
+            say("observer", f"received on {msg.topic}: {msg.text()}")
+
+            deltas: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            shadow = sensor.shadow(thing)
+            await within("the delta subscription", shadow.on_delta(deltas.put_nowait))
+            doc = await within("shadow update", shadow.update(reported={"light": "off", "temp": 21.5}))
+            say(thing, f"reported {json.dumps(doc['state']['reported'])} (shadow version {doc['version']})")
+            doc = await within("shadow update", observer.shadow(thing).update(desired={"light": "on"}))
+            say("observer", f"desired {json.dumps(doc['state']['desired'])} (shadow version {doc['version']})")
+            delta = await within("the shadow delta", deltas.get())
+            say(thing, f"delta: {json.dumps(delta['state'])} (version {delta['version']}) -> switching the light on")
+            doc = await within("shadow update", shadow.update(reported={"light": "on"}))
+            say(thing, f"reported {json.dumps(doc['state']['reported'])} (shadow version {doc['version']})")
+            doc = await within("shadow get", shadow.get())
+            state = doc["state"]
+            say(thing, f"shadow now: desired {json.dumps(state.get('desired'))}, reported "
+                       f"{json.dumps(state.get('reported'))}, delta {json.dumps(state.get('delta'))}")
+
+            await within("disconnect", sensor.disconnect())
+            say(thing, "disconnected")
+            msg = await within("the disconnected lifecycle event", presence.__anext__())
+            ev = msg.json()
+            say("observer", f"{msg.topic}: eventType={ev.get('eventType')} "
+                            f"clientInitiatedDisconnect={ev.get('clientInitiatedDisconnect')} "
+                            f"disconnectReason={ev.get('disconnectReason')}")
+    say("core", "stopped")
+
+
+def _cmd_demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    """``awsiot-rs demo``: the embedded core, one device, a transcript."""
+    if not args.timeout > 0:
+        print("awsiot-rs: --timeout must be a number of seconds > 0", file=stderr)
+        return EXIT_USAGE
+    width = max(len("observer"), len(args.thing)) + 2
+
+    def say(who: str, text: str) -> None:
+        stdout.write(f"{'[' + who + ']':<{width}} {text}\n")
+        stdout.flush()
+
+    try:
+        asyncio.run(_demo(args.thing, args.timeout, say))
+    except _DemoFailed as e:
+        print(f"awsiot-rs: demo failed: {e}", file=stderr)
+        return EXIT_FAILED
+    except ConfigError as e:
+        print(f"awsiot-rs: {e}", file=stderr)
+        return EXIT_USAGE
+    except (AwsIotError, OSError) as e:
+        print(f"awsiot-rs: demo failed: {type(e).__name__}: {e}", file=stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("awsiot-rs: interrupted", file=stderr)
+        return EXIT_INTERRUPTED
+    say("demo", "done")
+    return EXIT_OK
+
+
+async def _serve_local(args: argparse.Namespace, stdout: TextIO) -> None:
+    """Runs the core until SIGINT or SIGTERM."""
+    from .local import LocalIoTCore
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
+            pass
+    try:
+        core = LocalIoTCore(
+            host=args.host, mqtt_port=args.mqtt_port, alpn_port=args.alpn_port,
+            custom_auth_port=args.custom_auth_port, wss_port=args.wss_port, state_dir=args.state_dir,
+        )
+        async with core:
+            things = [core.register_thing(name) for name in args.register]
+            ports = core.ports
+            if args.json:
+                info = {
+                    "endpoint": core.endpoint,
+                    "host": args.host,
+                    "ports": ports,
+                    "ca_file": core.ca_file,
+                    "things": [
+                        {"thing_name": t.thing_name, "cert_file": t.cert_file, "key_file": t.key_file,
+                         "certificate_id": t.certificate_id}
+                        for t in things
+                    ],
+                }
+                stdout.write(json.dumps(info) + "\n")
+            else:
+                lines = [
+                    "AWS IoT Core (embedded, awsiot_rs.local) is running",
+                    f"endpoint: {core.endpoint}",
+                    f"host: {args.host}",
+                    f"port mqtt: {ports['mqtt']} (mutual TLS)",
+                    f"port alpn: {ports['alpn']} (mutual TLS, ALPN x-amzn-mqtt-ca)",
+                    f"port custom_auth: {ports['custom_auth']} (TLS, ALPN mqtt, custom authorizer)",
+                    f"port wss: {ports['wss']} (MQTT over WebSocket at /mqtt: SigV4 or custom authorizer)",
+                    f"ca: {core.ca_file}",
+                ]
+                for t in things:
+                    lines.append(f"thing {t.thing_name}: cert {t.cert_file} key {t.key_file} "
+                                 f"certificate_id {t.certificate_id}")
+                lines.append("ready (Ctrl-C stops it)")
+                stdout.write("\n".join(lines) + "\n")
+            stdout.flush()
+            await stop.wait()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def _cmd_local(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    """``awsiot-rs local``: the embedded core in the foreground until SIGINT/SIGTERM."""
+    try:
+        asyncio.run(_serve_local(args, stdout))
+    except ConfigError as e:
+        print(f"awsiot-rs: {e}", file=stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"awsiot-rs: cannot start the local core: {e}", file=stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # SIGINT before the handler was in place
+        pass
+    print("awsiot-rs: local core stopped", file=stderr)
+    return EXIT_OK
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -609,6 +825,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version (0) or a usage error (2, already printed)
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    standalone: Callable[[argparse.Namespace, TextIO, TextIO], int] | None = getattr(args, "standalone", None)
+    if standalone is not None:
+        return standalone(args, stdout, stderr)
     env = dict(os.environ)
     out = _Output(bool(getattr(args, "quiet", False)), stdout, stderr)
     handler: Handler = args.handler
