@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import asdict
 from typing import Any
 
+import local_core
 from scenarios import NATIVE, PEERS, THROUGHPUT_KINDS, Run, Scenario
 
 #: ``{scenario: {client: numbers}}``, as :func:`summarize` returns it.
@@ -46,6 +47,8 @@ def summarize(runs: list[Run], scenarios: tuple[Scenario, ...]) -> Summary:
                 delivered = [r.extra.get("delivered") or 0 for r in rs]
                 s["min_delivered"] = min(delivered)
                 s["connect_failed"] = any(r.extra.get("connect_failed") for r in rs)
+            if local_core.is_local(sc):
+                s["min_alive"] = min((r.extra.get("alive") or 0 for r in rs), default=0)
             if good:
                 s["msg_per_s"] = statistics.median(r.msg_per_s for r in good)
                 s["msg_per_s_min"] = min(r.msg_per_s for r in good)
@@ -57,6 +60,13 @@ def summarize(runs: list[Run], scenarios: tuple[Scenario, ...]) -> Summary:
                 for key in _MEDIAN_EXTRAS:
                     vals = [r.extra[key] for r in good if r.extra.get(key) is not None]
                     if vals:
+                        s[key] = statistics.median(vals)
+                if local_core.is_local(sc):  # every numeric figure of the local rows
+                    keys = {k for r in good for k, v in r.extra.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                    for key in sorted(keys - set(_MEDIAN_EXTRAS)):
+                        vals = [r.extra[key] for r in good
+                                if isinstance(r.extra.get(key), (int, float))]
                         s[key] = statistics.median(vals)
                 if sc.kind == "latency":
                     s["p50_us_min"] = min(r.extra.get("p50_us", 0) for r in good)
@@ -327,7 +337,8 @@ def targets(summary: Summary, scenarios: tuple[Scenario, ...]) -> list[tuple[str
 
 
 def markdown(summary: Summary, meta: dict[str, Any], scenarios: tuple[Scenario, ...]) -> str:
-    """The Markdown report: tables (throughput and CPU, latency, scale), targets, details."""
+    """The Markdown report: tables (throughput and CPU, latency, scale, the embedded core vs
+    Mosquitto), targets, details."""
     v = meta["versions"]
     lines = [
         f"{meta['cpu']}, {meta['cpu_count']} cores (client on core {meta['client_core']}, "
@@ -355,8 +366,9 @@ def markdown(summary: Summary, meta: dict[str, Any], scenarios: tuple[Scenario, 
                   "CPU of the whole connect + subscribe phase; RSS growth (`VmRSS`) over it "
                   "divided by K.", ""]
         _scale_table(summary, scenarios, lines)
+    lines += local_core.markdown_lines(summary, meta, scenarios)
     tg = targets(summary, scenarios)
-    if tg:
+    if any(met is not None for _, _, met in tg):
         lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
         for label, measured, met in tg:
             mark = "–" if met is None else ("yes" if met else "**no**")
@@ -365,12 +377,16 @@ def markdown(summary: Summary, meta: dict[str, Any], scenarios: tuple[Scenario, 
     lines.append("Scenarios: " + "; ".join(f"`{s.name}`: {s.description}" for s in scenarios
                                            if s.name in summary))
     lines.append("")
+    if not any(s.name in summary and not local_core.is_local(s) for s in scenarios):
+        return "\n".join(lines) + "\n"
     lines.append("<details><summary>Details (spread, publish-call rate, errors)</summary>")
     lines.append("")
     lines.append("| scenario | client | msg/s median (min–max) | µs/msg | min count | "
                  "publish calls/s | QueueFullError retries | errors |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for sc in scenarios:
+        if local_core.is_local(sc):  # their own section above
+            continue
         for c, s in summary.get(sc.name, {}).items():
             rng = (f"{fmt_rate(s.get('msg_per_s'))} ({fmt_rate(s.get('msg_per_s_min'))}–"
                    f"{fmt_rate(s.get('msg_per_s_max'))})")

@@ -16,8 +16,11 @@ What it does (see bench/README.md for the details of each scenario):
    (``bench/workers.py``, or the C receiver ``native/mosq_recv.c`` compiled at start) pinned
    to the second core, plus the helper processes the scenario needs (pinned with the
    broker), and collects their JSON results;
-3. takes the median of the repetitions and prints Markdown tables (throughput, latency,
-   scale, targets), then writes ``results-<stamp>.json`` / ``.md`` and ``latest.json`` /
+3. runs the ``local`` rows (``local_core.py``: the embedded AWS IoT Core vs mosquitto, each
+   a fresh broker per run: start to first CONNACK, QoS 1 through the broker and its CPU,
+   1 000 mTLS connections, shadow / echo round trips);
+4. takes the median of the repetitions and prints Markdown tables (throughput, latency,
+   scale, the core vs mosquitto, targets), then writes ``results-<stamp>.json`` / ``.md`` and ``latest.json`` /
    ``latest.md`` to ``--out``.
 
 Every child has a deadline and is killed past it; the broker is killed at the end, also on
@@ -49,6 +52,7 @@ TESTS_DIR = os.path.join(os.path.dirname(HERE), "tests")
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
+import local_core  # noqa: E402
 import report  # noqa: E402
 from children import Child, ChildError, cores, pin_fn  # noqa: E402
 from scenarios import CLIENTS, Run, Scenario, scenarios_for  # noqa: E402
@@ -414,9 +418,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
     p.add_argument("--scenarios", default=None,
                    help="comma-separated subset, e.g. pub_qos0,latency; groups: "
-                        "payload_16k, scale")
+                        "payload_16k, scale, local (the embedded core vs mosquitto)")
     p.add_argument("--clients", default=None, help="comma-separated subset of " +
-                   ",".join(CLIENTS))
+                   ",".join(CLIENTS) + " (the local rows: of " +
+                   ",".join(local_core.BROKERS) + ")")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds a measured section may take before it gives up")
     p.add_argument("--idle", type=float, default=5.0,
@@ -428,7 +433,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--recv-rate", type=float, default=0.0,
                    help="recv_qos0_*: load publisher rate in msg/s (0 = unpaced)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--local-connections", type=int, default=1000,
+                   help="local_connections: concurrent mTLS connections per broker")
+    p.add_argument("--local-starts", type=int, default=None,
+                   help="local_start: cold starts per run (fresh processes; default 5, 3 with "
+                        "--quick)")
+    p.add_argument("--local-warm", type=int, default=None,
+                   help="local_start: warm in-process restarts of the core per run (default 20, "
+                        "10 with --quick)")
     a = p.parse_args(argv)
+    if a.local_starts is None:
+        a.local_starts = 3 if a.quick else 5
+    if a.local_warm is None:
+        a.local_warm = 10 if a.quick else 20
     if a.messages is None:
         a.messages = 20_000 if a.quick else 100_000
     if a.big_messages is None:
@@ -436,7 +453,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if a.scale_max is None:
         a.scale_max = 1_000 if a.quick else 10_000
     if min(a.messages, a.big_messages, a.round_trips, a.repeat, a.scale_max,
-           a.scale_concurrency) < 1 or a.payload < 0 or a.warmup < 0:
+           a.scale_concurrency, a.local_connections, a.local_starts) < 1 or a.payload < 0 \
+            or a.warmup < 0 or a.local_warm < 0:
         p.error("counts must be >= 1, --payload and --warmup >= 0")
     return a
 
@@ -492,11 +510,13 @@ def main(argv: list[str]) -> int:
         print(e, file=sys.stderr)
         return 2
     scenarios = scenarios_for(args.scale_max)
+    local_rows = local_core.scenarios(args.local_connections)
     only_sc = set(args.scenarios.split(",")) if args.scenarios else None
     only_cl = set(args.clients.split(",")) if args.clients else None
-    known = {s.name for s in scenarios} | {s.group for s in scenarios if s.group}
+    known = {s.name for s in scenarios + local_rows} | \
+        {s.group for s in scenarios + local_rows if s.group}
     unknown = (only_sc or set()) - known
-    unknown |= (only_cl or set()) - set(CLIENTS)
+    unknown |= (only_cl or set()) - set(CLIENTS) - set(local_core.BROKERS)
     if unknown:
         print(f"unknown scenario/client: {', '.join(sorted(unknown))} (scale rows above "
               f"--scale-max {args.scale_max} are not run)", file=sys.stderr)
@@ -531,6 +551,11 @@ def main(argv: list[str]) -> int:
                 notes.append("mosquitto_pub -l cannot send empty payloads: skipped")
                 continue
             plan.append((sc, client))
+    # The local rows (the embedded core vs mosquitto): their "clients" are the two brokers;
+    # --clients names them like any client (a list without either skips the rows).
+    local_plan = [(sc, b) for sc in local_rows
+                  if (not only_sc or sc.name in only_sc or sc.group in only_sc)
+                  for b in sc.clients if not only_cl or b in only_cl]
     pki = None
     if any(sc.tls for sc, _ in plan):
         pki = make_pki(work_dir)
@@ -553,6 +578,9 @@ def main(argv: list[str]) -> int:
         "inflight": args.inflight,
         "recv_rate": args.recv_rate,
         "timeout": args.timeout,
+        "local_connections": args.local_connections,
+        "local_starts": args.local_starts,
+        "local_warm": args.local_warm,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": report.cpu_model(),
@@ -567,16 +595,18 @@ def main(argv: list[str]) -> int:
     skipped: dict[tuple[str, str], str] = {}
     bench = Bench(args, work_dir, helper_core, client_core, pki)
     bench.mosq_recv = mosq_recv
+    local = local_core.LocalBench(args, work_dir, helper_core, client_core, BROKER_SETTINGS)
     keep_logs = False
     interrupted = False
     t_start = time.monotonic()
     try:
-        bench.start_broker()
-        meta["broker_nofile"] = nofile_limit(bench.broker.pid)
-        print(f"mosquitto on {HOST}:{bench.broker.port}"
-              + (f" (mTLS on {bench.broker.mtls_port})" if pki is not None else "")
-              + f", logs in {work_dir}; {len(plan)} (scenario, client) pairs × {args.repeat}",
-              file=sys.stderr)
+        if plan:
+            bench.start_broker()
+            meta["broker_nofile"] = nofile_limit(bench.broker.pid)
+            print(f"mosquitto on {HOST}:{bench.broker.port}"
+                  + (f" (mTLS on {bench.broker.mtls_port})" if pki is not None else "")
+                  + f", logs in {work_dir}; {len(plan)} (scenario, client) pairs × "
+                  f"{args.repeat}", file=sys.stderr)
         # Repetitions interleave the clients of a scenario, so drift hits all alike.
         scale_failed: dict[str, int] = {}  # client -> smallest K whose connects all failed
         for sc in scenarios:
@@ -614,11 +644,29 @@ def main(argv: list[str]) -> int:
                     mine = [r for r in runs if r.scenario == sc.name and r.client == client]
                     if mine and all(r.extra.get("connect_failed") for r in mine):
                         scale_failed.setdefault(client, sc.count)
+        if plan:
+            bench.broker.stop()  # the local rows run their own brokers
+        if local_plan:
+            print(f"local rows: {len(local_plan)} (scenario, broker) pairs × {args.repeat}, "
+                  f"a fresh broker per run; logs in {work_dir}", file=sys.stderr)
+        for sc in local_rows:
+            brokers = [b for s, b in local_plan if s is sc]
+            for rep in range(1, args.repeat + 1):
+                for b in brokers:
+                    t = time.monotonic()
+                    run = local.run_one(sc, b, rep)
+                    runs.append(run)
+                    status = "ok" if not run.error else f"ERROR {run.error.splitlines()[0]}"
+                    print(f"  {sc.name:<17} {b:<10} #{rep}: {local_core.progress(sc, run)}"
+                          f"  ({time.monotonic() - t:.1f} s) {status}", file=sys.stderr)
+                    if run.error:
+                        keep_logs = True
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: reporting what was measured", file=sys.stderr)
     finally:
         bench.cleanup()
+        local.cleanup()
         bench.broker.stop()
         if not keep_logs:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -627,6 +675,7 @@ def main(argv: list[str]) -> int:
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     meta["loadavg_end"] = os.getloadavg()
 
+    scenarios = scenarios + tuple(sc for sc in local_rows if any(s is sc for s, _ in local_plan))
     summary = report.summarize(runs, scenarios)
     for (name, client), why in skipped.items():
         summary.setdefault(name, {})[client] = {"reps": 0, "ok_reps": 0, "errors": [],
