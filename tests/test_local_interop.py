@@ -294,3 +294,104 @@ def test_awsiotsdk_identity_client_provisions_a_device_that_connects(local_iot_c
     new_conn = _sdk_mtls(local_iot_core, "sdk-0042", str(cert_file), str(key_file))
     assert "sdk-0042" in local_iot_core.connected_clients()
     _disconnect(new_conn)
+
+
+# -- botocore's SigV4 presigner + the websockets library (neither is awsiot_rs) -------------------
+
+
+def _botocore_presigned_url(core: LocalIoTCore, access_key: str, secret_key: str, token: str | None) -> str:
+    from botocore.auth import SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = f"wss://{core.endpoint}:{core.ports['wss']}/mqtt"
+    request = AWSRequest(method="GET", url=url)
+    SigV4QueryAuth(Credentials(access_key, secret_key, token), "iotdevicegateway", "eu-west-1", expires=300).add_auth(
+        request
+    )
+    return str(request.url)
+
+
+async def _mqtt_over_websocket(core: LocalIoTCore, url: str) -> bytes:
+    """Opens the WebSocket with the `websockets` library, sends CONNECT, returns the first frame."""
+    import ssl
+
+    import websockets
+
+    from support import packets
+
+    ctx = ssl.create_default_context(cafile=core.ca_file)
+    async with websockets.connect(url, subprotocols=["mqtt"], ssl=ctx) as ws:  # type: ignore[list-item]
+        await ws.send(packets.connect("botocore-client"))
+        frame = await asyncio.wait_for(ws.recv(), STEP)
+        return frame if isinstance(frame, bytes) else frame.encode()
+
+
+@pytest.mark.parametrize("token", [None, "session-token/with+chars="])
+def test_a_botocore_presigned_url_is_accepted_by_the_websocket_listener(
+    local_iot_core: LocalIoTCore, token: str | None
+) -> None:
+    local_iot_core.add_credentials("AKIDBOTOCORE", "botocore/secret+key", session_token=token)
+    url = _botocore_presigned_url(local_iot_core, "AKIDBOTOCORE", "botocore/secret+key", token)
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=300" in url
+    frame = asyncio.run(_mqtt_over_websocket(local_iot_core, url))
+    assert frame == bytes([0x20, 0x02, 0x00, 0x00]), frame  # CONNACK, accepted
+
+
+def test_a_botocore_presigned_url_with_a_wrong_secret_gets_403_before_any_mqtt(local_iot_core: LocalIoTCore) -> None:
+    import websockets
+
+    local_iot_core.add_credentials("AKIDBOTOCORE", "the-right-secret")
+    url = _botocore_presigned_url(local_iot_core, "AKIDBOTOCORE", "a-wrong-secret", None)
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        asyncio.run(_mqtt_over_websocket(local_iot_core, url))
+    assert refused.value.response.status_code == 403
+
+
+def test_awsiotsdk_jobs_client_runs_a_job_to_success(local_iot_core: LocalIoTCore) -> None:
+    from awsiot import iotjobs
+
+    dev = local_iot_core.register_thing("sdk-jobs")
+    conn = _sdk_mtls(local_iot_core, "sdk-jobs", dev.cert_file, dev.key_file)
+    jobs = iotjobs.IotJobsClient(conn)
+    q1 = crt_mqtt.QoS.AT_LEAST_ONCE
+    pending: queue.Queue[Any] = queue.Queue()
+    started: queue.Queue[Any] = queue.Queue()
+    updated: queue.Queue[Any] = queue.Queue()
+    next_changed: queue.Queue[Any] = queue.Queue()
+    for subscribe, request, sink in (
+        (jobs.subscribe_to_get_pending_job_executions_accepted,
+         iotjobs.GetPendingJobExecutionsSubscriptionRequest(thing_name="sdk-jobs"), pending),
+        (jobs.subscribe_to_start_next_pending_job_execution_accepted,
+         iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name="sdk-jobs"), started),
+        (jobs.subscribe_to_update_job_execution_accepted,
+         iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name="sdk-jobs", job_id="+"), updated),
+        (jobs.subscribe_to_next_job_execution_changed_events,
+         iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name="sdk-jobs"), next_changed),
+    ):
+        fut, _ = subscribe(request, q1, sink.put)
+        fut.result(STEP)
+    local_iot_core.add_job("sdk-jobs", "job-1", {"operation": "reboot"})
+    local_iot_core.add_job("sdk-jobs", "job-2", {"operation": "update"})
+    assert next_changed.get(timeout=STEP).execution.job_id == "job-1"
+    jobs.publish_get_pending_job_executions(
+        iotjobs.GetPendingJobExecutionsRequest(thing_name="sdk-jobs", client_token="p-1"), q1).result(STEP)
+    listing = pending.get(timeout=STEP)
+    assert [j.job_id for j in listing.queued_jobs] == ["job-1", "job-2"] and listing.client_token == "p-1"
+    jobs.publish_start_next_pending_job_execution(
+        iotjobs.StartNextPendingJobExecutionRequest(thing_name="sdk-jobs"), q1).result(STEP)
+    execution = started.get(timeout=STEP).execution
+    assert execution.job_id == "job-1" and execution.job_document == {"operation": "reboot"}
+    assert execution.status == "IN_PROGRESS"
+    jobs.publish_update_job_execution(
+        iotjobs.UpdateJobExecutionRequest(
+            thing_name="sdk-jobs", job_id="job-1", status="SUCCEEDED",
+            expected_version=execution.version_number),
+        q1,
+    ).result(STEP)
+    updated.get(timeout=STEP)
+    changed = next_changed.get(timeout=STEP)
+    assert changed.execution.job_id == "job-2"
+    state = local_iot_core.job_execution("sdk-jobs", "job-1")
+    assert state is not None and state["status"] == "SUCCEEDED"
+    _disconnect(conn)
