@@ -639,3 +639,106 @@ async fn a_slow_subscriber_loses_no_qos1_message_behind_a_fast_publisher() {
     assert_eq!(core.counters().1, 0, "the core dropped deliveries");
     core.stop().await;
 }
+
+/// A connection subscribed to `flood/<client_id>/#` that never reads, flooded until the core's
+/// writer for it is stalled in a write and its queue is full.
+async fn stalled_subscriber(core: &LocalCore, id: &IssuedCertificate, client_id: &str) -> Peer {
+    let (mut stuck, _) = connect(core, id, client_id, true).await;
+    subscribe(
+        &mut stuck,
+        &[(&format!("flood/{client_id}/#"), QoS::AtMostOnce)],
+    )
+    .await;
+    let (mut publisher, _) = connect(core, id, &format!("{client_id}-flooder"), true).await;
+    let payload = vec![1u8; 64 * 1024];
+    let mut out = BytesMut::new();
+    for i in 0..400 {
+        Packet::Publish(Publish::new(
+            format!("flood/{client_id}/{i}"),
+            QoS::AtMostOnce,
+            payload.clone(),
+        ))
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    }
+    publisher.send_raw(&out).await;
+    // A QoS 1 publish behind the flood: once acknowledged, the whole flood was routed.
+    publish(&mut publisher, "done", b"", QoS::AtLeastOnce, false).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    stuck
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_still_taken_over_and_disconnected_at_once() {
+    let core = core_with(LocalConfig {
+        connection_queue: 4,
+        ..LocalConfig::default()
+    })
+    .await;
+    let id = core.register_thing("t", serde_json::Map::new()).unwrap();
+    let _stuck = stalled_subscriber(&core, &id, "stuck").await;
+    // Its queue is full and its writer blocked: the takeover must still close it.
+    let (mut second, _) = connect(&core, &id, "stuck", true).await;
+    wait_reason(&core, "stuck", "DUPLICATE_CLIENTID").await;
+    second.send(Packet::PingReq).await;
+    assert_eq!(second.recv().await, Some(Packet::PingResp));
+    // So must the disconnect API.
+    let _other = stalled_subscriber(&core, &id, "other").await;
+    assert!(core
+        .disconnect("other", "API_INITIATED_DISCONNECT")
+        .unwrap());
+    wait_reason(&core, "other", "API_INITIATED_DISCONNECT").await;
+    core.stop().await;
+}
+
+#[derive(Debug)]
+struct NeverAnswers;
+
+impl _native::local::authorizers::AuthorizerHook for NeverAnswers {
+    fn authorize(
+        &self,
+        _request: _native::local::authorizer_request::AuthorizerRequest,
+    ) -> _native::local::authorizers::VerdictFuture {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn stop_is_prompt_with_a_stalled_writer_a_stalled_upgrade_and_a_pending_authorizer() {
+    let core = core_with(LocalConfig {
+        connection_queue: 4,
+        ..LocalConfig::default()
+    })
+    .await;
+    core.add_authorizer(
+        _native::local::authorizer_request::AuthorizerSpec {
+            name: "never".into(),
+            token_key_name: None,
+            signing: false,
+        },
+        Arc::new(NeverAnswers),
+    )
+    .unwrap();
+    let id = core.register_thing("t", serde_json::Map::new()).unwrap();
+    let _stuck = stalled_subscriber(&core, &id, "stuck").await;
+    // TLS up on the WSS port, no upgrade request.
+    let _upgrade = tls(&core, core.ports().wss, None, &[b"http/1.1"])
+        .await
+        .unwrap();
+    // CONNECT on the custom-auth port, waiting for an authorizer that never answers.
+    let io = tls(&core, core.ports().custom_auth, None, &[b"mqtt"])
+        .await
+        .unwrap();
+    let mut waiting = Peer {
+        io,
+        buf: BytesMut::new(),
+    };
+    let mut c = Connect::new("waiting");
+    c.set_login("u?x-amz-customauthorizer-name=never", "p");
+    waiting.send(Packet::Connect(c)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    core.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "stop took {took:?}");
+}

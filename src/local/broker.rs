@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::core::protocol::topic::{delivered, Limits};
 use crate::local::config::LocalConfig;
@@ -37,8 +37,6 @@ pub enum ToConnection {
         /// The RETAIN flag of this delivery.
         retain: bool,
     },
-    /// Close the connection for `reason` (takeover, `disconnect()`, stop).
-    Close(DisconnectReason),
 }
 
 /// A connection's end of the broker: where messages for it go.
@@ -48,9 +46,28 @@ pub struct ConnectionHandle {
     pub id: u64,
     /// Bounded queue to the connection's writer.
     pub tx: mpsc::Sender<ToConnection>,
+    /// Why the connection must close (takeover, `disconnect()`), set once. Apart from the
+    /// queue so that a client whose queue is full (one that does not read) is still closed.
+    pub close: Arc<watch::Sender<Option<DisconnectReason>>>,
     /// Set while messages wait in the session's backlog because the queue was full; the
     /// connection then takes them with [`Broker::take_backlog`] once its queue is empty.
     pub backlogged: Arc<AtomicBool>,
+}
+
+impl ConnectionHandle {
+    /// Tells the connection to close for `reason` (the first reason given wins); whether it
+    /// was still running.
+    pub fn close_for(&self, reason: DisconnectReason) -> bool {
+        let mut first = false;
+        self.close.send_if_modified(|r| {
+            first = r.is_none();
+            if first {
+                *r = Some(reason);
+            }
+            first
+        });
+        !self.tx.is_closed()
+    }
 }
 
 #[derive(Debug)]
@@ -159,6 +176,7 @@ impl Broker {
             ConnectionHandle {
                 id,
                 tx,
+                close: Arc::new(watch::channel(None).0),
                 backlogged: Arc::new(AtomicBool::new(false)),
             },
             rx,
@@ -178,9 +196,7 @@ impl Broker {
         };
         if let Some(old) = st.sessions.get_mut(client_id) {
             if let Some(conn) = old.connection.take() {
-                let _ = conn
-                    .tx
-                    .try_send(ToConnection::Close(DisconnectReason::DuplicateClientid));
+                conn.close_for(DisconnectReason::DuplicateClientid);
             }
         }
         let resumable = st.sessions.get(client_id).is_some_and(|s| {
@@ -494,7 +510,7 @@ impl Broker {
         st.sessions
             .get(client_id)
             .and_then(|s| s.connection.as_ref())
-            .is_some_and(|c| c.tx.try_send(ToConnection::Close(reason)).is_ok())
+            .is_some_and(|c| c.close_for(reason))
     }
 
     /// Tells every connection to close.
@@ -502,7 +518,7 @@ impl Broker {
         let st = self.lock();
         for s in st.sessions.values() {
             if let Some(c) = &s.connection {
-                let _ = c.tx.try_send(ToConnection::Close(reason));
+                c.close_for(reason);
             }
         }
     }
@@ -538,7 +554,6 @@ mod tests {
                 qos,
                 retain,
             } => Some((message.topic.clone(), qos, retain)),
-            ToConnection::Close(r) => Some((r.as_str().to_owned(), QoS::AtMostOnce, false)),
         }
     }
 
@@ -638,13 +653,12 @@ mod tests {
         let b = broker();
         let (h1, mut rx1) = b.new_connection();
         let id1 = h1.id;
+        let close1 = h1.close.subscribe();
         b.attach("dup", true, h1);
         let (h2, _rx2) = b.new_connection();
         b.attach("dup", true, h2);
-        assert_eq!(
-            next(&mut rx1).map(|m| m.0),
-            Some("DUPLICATE_CLIENTID".into())
-        );
+        assert_eq!(*close1.borrow(), Some(DisconnectReason::DuplicateClientid));
+        assert_eq!(next(&mut rx1), None);
         // The late detach of the first leaves the second attached.
         b.detach("dup", id1, Vec::new());
         assert_eq!(b.connected_clients(), ["dup"]);

@@ -14,7 +14,7 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::core::protocol::topic::{validate_filter, validate_topic, Limits};
@@ -147,7 +147,12 @@ pub async fn serve<S>(
         }
     };
     let client_id = connect.client_id.clone();
-    let (principal, expires) = match admit(&shared, admission, &connect).await {
+    // A stop does not wait for an authorizer that is slow to answer.
+    let admitted = tokio::select! {
+        r = admit(&shared, admission, &connect) => r,
+        () = stopped(&mut stop) => return,
+    };
+    let (principal, expires) = match admitted {
         Ok(p) => p,
         Err(code) => {
             let _ = write_now(&mut stream, &Packet::ConnAck(ConnAck::new(code, false))).await;
@@ -174,6 +179,7 @@ pub async fn serve<S>(
         shared.broker.new_connection();
     let handle_id = handle.id;
     let backlogged = Arc::clone(&handle.backlogged);
+    let mut close = handle.close.subscribe();
     let attached = shared
         .broker
         .attach(&client_id, connect.clean_session, handle);
@@ -202,10 +208,20 @@ pub async fn serve<S>(
         s.deliver(message, QoS::AtLeastOnce, false);
     }
     s.connected_event();
-    let ended = s.run(&mut stream, &mut rx, buf).await;
+    let ended = s.run(&mut stream, &mut rx, &mut close, buf).await;
     // Close the transport (TLS close_notify, WebSocket close) before telling the world.
     let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
     s.finish(ended, &mut rx);
+}
+
+/// Resolves with the reason once the broker tells the connection to close.
+async fn closed(close: &mut watch::Receiver<Option<DisconnectReason>>) -> DisconnectReason {
+    if close.wait_for(Option::is_some).await.is_err() {
+        // The broker dropped the handle (a takeover does, right after giving the reason):
+        // the reason is still there; without one, the session is gone and so is the client.
+        return close.borrow().unwrap_or(DisconnectReason::ServerError);
+    }
+    close.borrow().unwrap_or(DisconnectReason::ServerError)
 }
 
 async fn timeout_at<F: std::future::Future>(deadline: Instant, f: F) -> Option<F::Output> {
@@ -410,6 +426,7 @@ impl Session {
         &mut self,
         stream: &mut S,
         rx: &mut mpsc::Receiver<ToConnection>,
+        close: &mut watch::Receiver<Option<DisconnectReason>>,
         mut buf: BytesMut,
     ) -> Ended
     where
@@ -448,14 +465,21 @@ impl Session {
             }
             if !self.out.is_empty() {
                 let out = self.out.split();
-                match timeout(WRITE_TIMEOUT, async {
+                let write = timeout(WRITE_TIMEOUT, async {
                     stream.write_all(&out).await?;
                     stream.flush().await
-                })
-                .await
-                {
-                    Ok(Ok(())) => {}
-                    _ => return Ended::because(DisconnectReason::ConnectionLost),
+                });
+                // A client that does not read stalls this write: a takeover, `disconnect()`
+                // or stop still ends it at once.
+                tokio::select! {
+                    written = write => match written {
+                        Ok(Ok(())) => {}
+                        _ => return Ended::because(DisconnectReason::ConnectionLost),
+                    },
+                    reason = closed(close) => return Ended::because(reason),
+                    () = stopped(&mut shutdown) => {
+                        return Ended::because(DisconnectReason::ServerInitiatedDisconnect);
+                    }
                 }
             }
             if more_backlog {
@@ -491,6 +515,7 @@ impl Session {
                         }
                     }
                 }
+                reason = closed(close) => return Ended::because(reason),
                 () = sleep_until(alive_until) => {
                     return Ended::because(DisconnectReason::MqttKeepAliveTimeout);
                 }
@@ -514,7 +539,6 @@ impl Session {
                 self.deliver(message, qos, retain);
                 None
             }
-            ToConnection::Close(reason) => Some(Ended::because(reason)),
         }
     }
 

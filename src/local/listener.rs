@@ -205,7 +205,14 @@ async fn serve_websocket<S>(stream: S, peer: SocketAddr, shared: Arc<CoreShared>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let pending = match timeout(shared.config.handshake_timeout, wss::read_request(stream)).await {
+    // A stop does not wait for a client that stalls its upgrade request, nor for a slow
+    // authorizer.
+    let mut stop = shared.shutdown_signal();
+    let request = tokio::select! {
+        r = timeout(shared.config.handshake_timeout, wss::read_request(stream)) => r,
+        () = stopped(&mut stop) => return,
+    };
+    let pending = match request {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             refused(
@@ -245,7 +252,10 @@ where
     } else {
         let find = |name: Option<&str>| shared.authorizers.find(name);
         match authorizer_request::from_http(&head, &find) {
-            Ok(Some(request)) => match shared.decide(request).await {
+            Ok(Some(request)) => match tokio::select! {
+                v = shared.decide(request) => v,
+                () = stopped(&mut stop) => return,
+            } {
                 Some(v) => Admission::Admitted {
                     principal: Principal::Authorizer(v.principal_id),
                     expires: v.disconnect_after.map(|d| Instant::now() + d),
