@@ -503,7 +503,9 @@ impl Session {
                 }
                 msg = rx.recv() => {
                     let Some(first) = msg else {
-                        return Ended::because(DisconnectReason::ServerError);
+                        // The broker dropped this connection's handle: it said why first.
+                        let reason = close.borrow().unwrap_or(DisconnectReason::ServerError);
+                        return Ended::because(reason);
                     };
                     if let Some(ended) = self.outgoing(first) {
                         return ended;
