@@ -742,3 +742,61 @@ async fn stop_is_prompt_with_a_stalled_writer_a_stalled_upgrade_and_a_pending_au
     let took = started.elapsed();
     assert!(took < Duration::from_millis(2500), "stop took {took:?}");
 }
+fn provisioning_template() -> serde_json::Value {
+    serde_json::json!({
+        "Parameters": {
+            "SerialNumber": {"Type": "String"},
+            "AWS::IoT::Certificate::Id": {"Type": "String"}
+        },
+        "Resources": {
+            "thing": {
+                "Type": "AWS::IoT::Thing",
+                "Properties": {"ThingName": {"Ref": "SerialNumber"}}
+            },
+            "certificate": {
+                "Type": "AWS::IoT::Certificate",
+                "Properties": {
+                    "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"},
+                    "Status": "Active"
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn provisioning_responses_go_only_to_the_requesting_connection() {
+    let core = core().await;
+    let claim = core
+        .add_provisioning_template("fleet", provisioning_template(), None)
+        .unwrap();
+    let accepted = "$aws/certificates/create/json/accepted";
+    let (mut a, _) = connect(&core, &claim, "claim-a", true).await;
+    let (mut b, _) = connect(&core, &claim, "claim-b", true).await;
+    subscribe(&mut a, &[(accepted, QoS::AtLeastOnce)]).await;
+    subscribe(&mut b, &[(accepted, QoS::AtLeastOnce)]).await;
+    publish(
+        &mut a,
+        "$aws/certificates/create/json",
+        b"",
+        QoS::AtMostOnce,
+        false,
+    )
+    .await;
+    let mine = next_publish(&mut a).await;
+    assert_eq!(mine.topic, accepted);
+    let mine: serde_json::Value = serde_json::from_slice(&mine.payload).unwrap();
+    // AWS answers on the requester's connection only: b never sees a's private key.
+    publish(
+        &mut b,
+        "$aws/certificates/create/json",
+        b"",
+        QoS::AtMostOnce,
+        false,
+    )
+    .await;
+    let theirs = next_publish(&mut b).await;
+    let theirs: serde_json::Value = serde_json::from_slice(&theirs.payload).unwrap();
+    assert_ne!(theirs["certificateId"], mine["certificateId"]);
+    core.stop().await;
+}

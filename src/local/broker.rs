@@ -421,38 +421,82 @@ impl Broker {
         }
         let n = targets.len();
         for (client, sub_qos) in targets {
-            let qos = min_qos(qos, sub_qos);
-            let Some(session) = st.sessions.get_mut(&client) else {
-                continue;
-            };
-            if let Some(conn) = &session.connection {
-                if session.backlog.is_empty() {
-                    match conn.tx.try_send(ToConnection::Publish {
-                        message: Arc::clone(&message),
-                        qos,
-                        retain: false,
-                    }) {
-                        Ok(()) => continue,
-                        Err(mpsc::error::TrySendError::Full(_)) => {}
-                        // The connection is ending: its session keeps what it may.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            Self::store(session, &message, qos, max_stored, &self.stats);
-                            continue;
-                        }
-                    }
-                }
-                // The connection's queue is full: keep the delivery, in order, for it to take.
-                session.backlog.push_back((Arc::clone(&message), qos));
-                conn.backlogged.store(true, Ordering::Release);
-                if session.backlog.len() > max_stored {
-                    session.backlog.pop_front();
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                continue;
+            if let Some(session) = st.sessions.get_mut(&client) {
+                self.hand_over(session, &message, min_qos(qos, sub_qos), max_stored);
             }
-            Self::store(session, &message, qos, max_stored, &self.stats);
         }
         n
+    }
+
+    /// Delivers a message to the session of `client_id` alone, if one of its filters matches
+    /// (at the highest matching QoS, capped by `qos`): AWS answers fleet-provisioning requests
+    /// on the requesting connection only. Whether it was delivered.
+    pub fn route_to(&self, client_id: &str, topic: &str, payload: Bytes, qos: QoS) -> bool {
+        self.stats.routed.fetch_add(1, Ordering::Relaxed);
+        let limits = self.config.limits;
+        let max_stored = self.config.max_stored_messages;
+        let mut st = self.lock();
+        let Some(session) = st.sessions.get_mut(client_id) else {
+            return false;
+        };
+        let sub_qos = session
+            .subscriptions
+            .iter()
+            .filter(|(f, _)| {
+                if is_wildcard(f) {
+                    delivered(f, topic, limits)
+                } else {
+                    f.as_str() == topic
+                }
+            })
+            .map(|(_, q)| *q)
+            .reduce(max_qos);
+        let Some(sub_qos) = sub_qos else {
+            return false;
+        };
+        let message = Arc::new(Message {
+            topic: topic.to_owned(),
+            payload,
+        });
+        self.hand_over(session, &message, min_qos(qos, sub_qos), max_stored);
+        true
+    }
+
+    /// Gives one delivery to a session: its connection's queue, else its backlog (in order),
+    /// else (offline) its stored messages.
+    fn hand_over(
+        &self,
+        session: &mut Session,
+        message: &Arc<Message>,
+        qos: QoS,
+        max_stored: usize,
+    ) {
+        let Some(conn) = &session.connection else {
+            Self::store(session, message, qos, max_stored, &self.stats);
+            return;
+        };
+        if session.backlog.is_empty() {
+            match conn.tx.try_send(ToConnection::Publish {
+                message: Arc::clone(message),
+                qos,
+                retain: false,
+            }) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+                // The connection is ending: its session keeps what it may.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Self::store(session, message, qos, max_stored, &self.stats);
+                    return;
+                }
+            }
+        }
+        // The connection's queue is full: keep the delivery, in order, for it to take.
+        session.backlog.push_back((Arc::clone(message), qos));
+        conn.backlogged.store(true, Ordering::Release);
+        if session.backlog.len() > max_stored {
+            session.backlog.pop_front();
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a delivery a connection had to drop.
@@ -573,6 +617,30 @@ mod tests {
         // Capped by the publish's QoS.
         b.route("a/b", Bytes::from_static(b"x"), QoS::AtMostOnce);
         assert_eq!(next(&mut rx), Some(("a/b".into(), QoS::AtMostOnce, false)));
+    }
+
+    #[test]
+    fn route_to_reaches_one_client_and_only_through_a_matching_filter() {
+        let b = broker();
+        let (h1, mut rx1) = b.new_connection();
+        let (h2, mut rx2) = b.new_connection();
+        b.attach("a", true, h1);
+        b.attach("b", true, h2);
+        b.subscribe("a", "$aws/certificates/create/+/accepted", QoS::AtLeastOnce);
+        b.subscribe(
+            "b",
+            "$aws/certificates/create/json/accepted",
+            QoS::AtLeastOnce,
+        );
+        let topic = "$aws/certificates/create/json/accepted";
+        assert!(b.route_to("a", topic, Bytes::new(), QoS::AtLeastOnce));
+        assert_eq!(
+            next(&mut rx1),
+            Some((topic.into(), QoS::AtLeastOnce, false))
+        );
+        assert_eq!(next(&mut rx2), None);
+        assert!(!b.route_to("a", "other", Bytes::new(), QoS::AtLeastOnce));
+        assert!(!b.route_to("nobody", topic, Bytes::new(), QoS::AtLeastOnce));
     }
 
     #[test]

@@ -634,7 +634,7 @@ impl Session {
             }
             self.shared.publish(&p.topic, p.payload.clone(), p.qos);
             self.shared
-                .run_services(&p.topic, &p.payload, &self.principal);
+                .run_services(&self.client_id, &p.topic, &p.payload);
         }
         if p.qos == QoS::AtLeastOnce {
             self.push(&Packet::PubAck(PubAck::new(p.pkid)));

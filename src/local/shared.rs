@@ -12,6 +12,7 @@ use crate::local::authorizers::{AuthorizerVerdict, Authorizers};
 use crate::local::broker::Broker;
 use crate::local::config::LocalConfig;
 use crate::local::events::EventLog;
+use crate::local::provisioning::ProvisioningService;
 use crate::local::registry::{CertificateRole, Registry};
 use crate::local::reserved_topics;
 use crate::local::services::Services;
@@ -116,8 +117,11 @@ impl CoreShared {
         self.broker.route(topic, bytes, QoS::AtLeastOnce);
     }
 
-    /// Runs the service that handles `topic`, if any, and routes its responses.
-    pub fn run_services(&self, topic: &str, payload: &[u8], _principal: &Principal) {
+    /// Runs the service that handles `topic` for `client_id`, if any, and routes its
+    /// responses: shadow and jobs responses to every subscriber (as AWS does), fleet
+    /// provisioning's to the requesting client only (AWS answers on the requesting connection;
+    /// `CreateKeysAndCertificate` carries a private key).
+    pub fn run_services(&self, client_id: &str, topic: &str, payload: &[u8]) {
         if !Services::handles(topic) {
             return;
         }
@@ -126,9 +130,15 @@ impl CoreShared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .handle(topic, payload, &self.registry);
+        let private = ProvisioningService::handles(topic);
         for r in responses {
-            self.broker
-                .route(&r.topic, Bytes::from(r.payload), QoS::AtLeastOnce);
+            let payload = Bytes::from(r.payload);
+            if private {
+                self.broker
+                    .route_to(client_id, &r.topic, payload, QoS::AtLeastOnce);
+            } else {
+                self.broker.route(&r.topic, payload, QoS::AtLeastOnce);
+            }
         }
     }
 
