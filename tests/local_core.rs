@@ -800,3 +800,54 @@ async fn provisioning_responses_go_only_to_the_requesting_connection() {
     assert_ne!(theirs["certificateId"], mine["certificateId"]);
     core.stop().await;
 }
+
+#[tokio::test]
+async fn a_will_is_held_to_the_rules_of_a_publish() {
+    let core = core().await;
+    let claim = core
+        .add_provisioning_template("fleet", provisioning_template(), None)
+        .unwrap();
+    let device = core.register_thing("t", serde_json::Map::new()).unwrap();
+    let attempt = |identity: IssuedCertificate, will: rumqttc::mqttbytes::v4::LastWill| {
+        let core = &core;
+        async move {
+            let io = tls(core, core.ports().mqtt, Some(&identity), &[])
+                .await
+                .unwrap();
+            let mut p = Peer {
+                io,
+                buf: BytesMut::new(),
+            };
+            let mut c = Connect::new("willing");
+            c.last_will = Some(will);
+            p.send(Packet::Connect(c)).await;
+            match p.recv().await {
+                Some(Packet::ConnAck(a)) => a.code as u8,
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+        }
+    };
+    use rumqttc::mqttbytes::v4::LastWill;
+    // A claim certificate may publish nothing outside fleet provisioning, wills included.
+    let code = attempt(
+        claim.clone(),
+        LastWill::new("Sensor/x", "gone", QoS::AtMostOnce, false),
+    )
+    .await;
+    assert_eq!(code, 5, "a claim's will on Sensor/x was accepted");
+    // No retained message on a reserved topic, as for a PUBLISH.
+    let code = attempt(
+        device.clone(),
+        LastWill::new("$aws/things/t/shadow/update", "{}", QoS::AtMostOnce, true),
+    )
+    .await;
+    assert_eq!(code, 5, "a retained will on a reserved topic was accepted");
+    // An ordinary will is fine.
+    let code = attempt(
+        device,
+        LastWill::new("Sensor/x", "gone", QoS::AtLeastOnce, false),
+    )
+    .await;
+    assert_eq!(code, 0);
+    core.stop().await;
+}

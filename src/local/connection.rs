@@ -165,7 +165,7 @@ pub async fn serve<S>(
             return;
         }
     };
-    if let Err(code) = check_connect(&shared, &connect) {
+    if let Err(code) = check_connect(&shared, &connect, &principal) {
         let _ = write_now(&mut stream, &Packet::ConnAck(ConnAck::new(code, false))).await;
         refused(
             &shared,
@@ -328,7 +328,11 @@ async fn admit(
     }
 }
 
-fn check_connect(shared: &CoreShared, connect: &Connect) -> Result<(), ConnectReturnCode> {
+fn check_connect(
+    shared: &CoreShared,
+    connect: &Connect,
+    principal: &Principal,
+) -> Result<(), ConnectReturnCode> {
     let id = &connect.client_id;
     if id.is_empty() {
         // AWS IoT requires a client id; MQTT allows an empty one only with a clean session.
@@ -340,10 +344,14 @@ fn check_connect(shared: &CoreShared, connect: &Connect) -> Result<(), ConnectRe
     {
         return Err(ConnectReturnCode::BadClientId);
     }
+    // The will is a PUBLISH made later on the client's behalf: the same rules apply (a
+    // claim certificate's topics, no retained message on a reserved topic).
     if let Some(will) = &connect.last_will {
         if validate_topic(&will.topic, shared.config.limits).is_err()
             || (shared.config.limits == Limits::Aws && will.message.len() > AWS_MAX_PAYLOAD)
             || reserved_topics::publish_kind(&will.topic) == PublishKind::Forbidden
+            || !principal.may_use(&will.topic)
+            || (will.retain && will.topic.starts_with('$'))
         {
             return Err(ConnectReturnCode::NotAuthorized);
         }
