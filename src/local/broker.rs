@@ -72,6 +72,8 @@ impl ConnectionHandle {
 
 #[derive(Debug)]
 struct Session {
+    /// Unique per session (a resumed session keeps its id; a clean start gets a new one).
+    id: u64,
     clean: bool,
     subscriptions: HashMap<String, QoS>,
     connection: Option<ConnectionHandle>,
@@ -113,6 +115,8 @@ pub struct Attached {
     pub stored: Vec<Arc<Message>>,
     /// The lifecycle version number of this connection.
     pub version_number: u64,
+    /// The id of the session the connection is attached to (given back to [`Broker::detach`]).
+    pub session: u64,
 }
 
 /// The broker. One per local core.
@@ -203,7 +207,9 @@ impl Broker {
             !s.clean && !clean && s.offline_since.is_none_or(|t| t.elapsed() <= expiry)
         });
         if resumable {
+            let mut session = 0;
             let stored = st.sessions.get_mut(client_id).map_or_else(Vec::new, |s| {
+                session = s.id;
                 s.connection = Some(handle);
                 s.offline_since = None;
                 // What the taken-over connection had not taken yet comes first.
@@ -218,12 +224,15 @@ impl Broker {
                 session_present: true,
                 stored,
                 version_number,
+                session,
             };
         }
         Self::remove_session(&mut st, client_id);
+        let session = self.next_connection.fetch_add(1, Ordering::Relaxed);
         st.sessions.insert(
             client_id.to_owned(),
             Session {
+                id: session,
                 clean,
                 subscriptions: HashMap::new(),
                 connection: Some(handle),
@@ -236,6 +245,7 @@ impl Broker {
             session_present: false,
             stored: Vec::new(),
             version_number,
+            session,
         }
     }
 
@@ -261,9 +271,12 @@ impl Broker {
         }
     }
 
-    /// Detaches connection `id` from its session (if it is still the attached one): a clean
-    /// session ends; a persistent one keeps its subscriptions and gets `unacked` back first.
-    pub fn detach(&self, client_id: &str, id: u64, unacked: Vec<Arc<Message>>) {
+    /// Detaches connection `id` from its session `session` (if it is still the attached one): a
+    /// clean session ends; a persistent one keeps its subscriptions and gets `unacked` back
+    /// first. A connection taken over hands `unacked` to its successor only if the session
+    /// was resumed (a clean start discards them).
+    pub fn detach(&self, client_id: &str, id: u64, session: u64, unacked: Vec<Arc<Message>>) {
+        let session_id = session;
         let max_stored = self.config.max_stored_messages;
         let mut st = self.lock();
         let Some(session) = st.sessions.get_mut(client_id) else {
@@ -274,8 +287,9 @@ impl Broker {
             Self::remove_session(&mut st, client_id);
             return;
         }
-        if session.clean {
-            // Taken over by a clean session: what the old connection held is gone with it.
+        if session.clean || session.id != session_id {
+            // Taken over by a clean start: what the old connection held is gone with its
+            // session.
             return;
         }
         if attached {
@@ -290,14 +304,11 @@ impl Broker {
             for m in unacked.into_iter().chain(backlog).rev() {
                 session.stored.push_front(m);
             }
-        } else if let Some(conn) = &session.connection {
-            // Taken over by a persistent session: redeliver on the new connection.
+        } else {
+            // Taken over and resumed: redeliver on the new connection (through its backlog
+            // when its queue is full), or keep them if it is gone already.
             for message in unacked {
-                let _ = conn.tx.try_send(ToConnection::Publish {
-                    message,
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                });
+                self.hand_over(session, &message, QoS::AtLeastOnce, max_stored);
             }
         }
         while session.stored.len() > max_stored {
@@ -339,11 +350,19 @@ impl Broker {
             .is_some_and(|s| s.subscriptions.contains_key(filter))
     }
 
-    /// Adds (or re-grants) a subscription; returns the retained message on exactly `filter`
-    /// (AWS delivers retained messages only to subscriptions whose filter is the topic).
-    pub fn subscribe(&self, client_id: &str, filter: &str, qos: QoS) -> Option<Arc<Message>> {
+    /// Adds (or re-grants) a subscription for connection `id` (nothing if it is no longer the
+    /// session's connection); returns the retained messages to send: under AWS rules only the
+    /// one on exactly `filter` (AWS delivers none to wildcard filters), under MQTT rules every
+    /// match.
+    pub fn subscribe(&self, client_id: &str, id: u64, filter: &str, qos: QoS) -> Vec<Arc<Message>> {
         let mut st = self.lock();
-        let session = st.sessions.get_mut(client_id)?;
+        let Some(session) = st
+            .sessions
+            .get_mut(client_id)
+            .filter(|s| s.connection.as_ref().is_some_and(|c| c.id == id))
+        else {
+            return Vec::new();
+        };
         session.subscriptions.insert(filter.to_owned(), qos);
         let index = if is_wildcard(filter) {
             &mut st.wildcard
@@ -355,22 +374,24 @@ impl Broker {
             .or_default()
             .insert(client_id.to_owned(), qos);
         match self.config.limits {
-            Limits::Aws if is_wildcard(filter) => None,
-            Limits::Aws => st.retained.get(filter).cloned(),
+            Limits::Aws if is_wildcard(filter) => Vec::new(),
+            Limits::Aws => st.retained.get(filter).cloned().into_iter().collect(),
             Limits::Mqtt => st
                 .retained
                 .iter()
-                .find(|(t, _)| delivered(filter, t, Limits::Mqtt))
-                .map(|(_, m)| Arc::clone(m)),
+                .filter(|(t, _)| delivered(filter, t, Limits::Mqtt))
+                .map(|(_, m)| Arc::clone(m))
+                .collect(),
         }
     }
 
-    /// Removes a subscription; whether it existed.
-    pub fn unsubscribe(&self, client_id: &str, filter: &str) -> bool {
+    /// Removes a subscription of connection `id`'s session; whether it existed.
+    pub fn unsubscribe(&self, client_id: &str, id: u64, filter: &str) -> bool {
         let mut st = self.lock();
         let existed = st
             .sessions
             .get_mut(client_id)
+            .filter(|s| s.connection.as_ref().is_some_and(|c| c.id == id))
             .is_some_and(|s| s.subscriptions.remove(filter).is_some());
         if existed {
             Self::unindex(&mut st, filter, client_id);
@@ -605,9 +626,10 @@ mod tests {
     fn a_message_goes_once_per_session_at_the_highest_matching_qos() {
         let b = broker();
         let (h, mut rx) = b.new_connection();
+        let id = h.id;
         b.attach("c", true, h);
-        b.subscribe("c", "a/+", QoS::AtMostOnce);
-        b.subscribe("c", "a/b", QoS::AtLeastOnce);
+        b.subscribe("c", id, "a/+", QoS::AtMostOnce);
+        b.subscribe("c", id, "a/b", QoS::AtLeastOnce);
         assert_eq!(
             b.route("a/b", Bytes::from_static(b"x"), QoS::AtLeastOnce),
             1
@@ -624,11 +646,18 @@ mod tests {
         let b = broker();
         let (h1, mut rx1) = b.new_connection();
         let (h2, mut rx2) = b.new_connection();
+        let (id1, id2) = (h1.id, h2.id);
         b.attach("a", true, h1);
         b.attach("b", true, h2);
-        b.subscribe("a", "$aws/certificates/create/+/accepted", QoS::AtLeastOnce);
+        b.subscribe(
+            "a",
+            id1,
+            "$aws/certificates/create/+/accepted",
+            QoS::AtLeastOnce,
+        );
         b.subscribe(
             "b",
+            id2,
             "$aws/certificates/create/json/accepted",
             QoS::AtLeastOnce,
         );
@@ -647,9 +676,10 @@ mod tests {
     fn aws_rules_wildcards_skip_dollar_topics_and_the_parent_level() {
         let b = broker();
         let (h, mut rx) = b.new_connection();
+        let id = h.id;
         b.attach("c", true, h);
-        b.subscribe("c", "#", QoS::AtMostOnce);
-        b.subscribe("c", "Sensor/#", QoS::AtMostOnce);
+        b.subscribe("c", id, "#", QoS::AtMostOnce);
+        b.subscribe("c", id, "Sensor/#", QoS::AtMostOnce);
         assert_eq!(
             b.route("$aws/things/t/shadow/update", Bytes::new(), QoS::AtMostOnce),
             0
@@ -664,16 +694,18 @@ mod tests {
     fn retained_messages_reach_exact_filters_only_and_an_empty_payload_clears() {
         let b = broker();
         let (h, _rx) = b.new_connection();
+        let id = h.id;
         b.attach("c", true, h);
         b.retain("r/1", &Bytes::from_static(b"v"));
-        assert!(b.subscribe("c", "r/+", QoS::AtLeastOnce).is_none());
-        assert_eq!(
-            b.subscribe("c", "r/1", QoS::AtLeastOnce)
-                .map(|m| m.payload.clone()),
-            Some(Bytes::from_static(b"v"))
-        );
+        assert!(b.subscribe("c", id, "r/+", QoS::AtLeastOnce).is_empty());
+        let got: Vec<Bytes> = b
+            .subscribe("c", id, "r/1", QoS::AtLeastOnce)
+            .iter()
+            .map(|m| m.payload.clone())
+            .collect();
+        assert_eq!(got, [Bytes::from_static(b"v")]);
         b.retain("r/1", &Bytes::new());
-        assert!(b.subscribe("c", "r/1", QoS::AtLeastOnce).is_none());
+        assert!(b.subscribe("c", id, "r/1", QoS::AtLeastOnce).is_empty());
     }
 
     #[test]
@@ -681,9 +713,10 @@ mod tests {
         let b = broker();
         let (h, _rx) = b.new_connection();
         let id = h.id;
-        assert!(!b.attach("p", false, h).session_present);
-        b.subscribe("p", "t", QoS::AtLeastOnce);
-        b.detach("p", id, Vec::new());
+        let a = b.attach("p", false, h);
+        assert!(!a.session_present);
+        b.subscribe("p", id, "t", QoS::AtLeastOnce);
+        b.detach("p", id, a.session, Vec::new());
         assert!(b.connected_clients().is_empty());
         b.route("t", Bytes::from_static(b"1"), QoS::AtLeastOnce);
         b.route("t", Bytes::from_static(b"0"), QoS::AtMostOnce);
@@ -707,13 +740,104 @@ mod tests {
         });
         let (h, _rx) = b.new_connection();
         let id = h.id;
-        b.attach("p", false, h);
-        b.subscribe("p", "t", QoS::AtLeastOnce);
-        b.detach("p", id, Vec::new());
+        let a = b.attach("p", false, h);
+        b.subscribe("p", id, "t", QoS::AtLeastOnce);
+        b.detach("p", id, a.session, Vec::new());
         std::thread::sleep(Duration::from_millis(5));
         b.expire_sessions();
         let (h2, _rx2) = b.new_connection();
         assert!(!b.attach("p", false, h2).session_present);
+    }
+
+    #[test]
+    fn what_a_clean_session_held_is_not_handed_to_the_persistent_one_that_replaced_it() {
+        let b = broker();
+        let (h1, _rx1) = b.new_connection();
+        let id1 = h1.id;
+        let a1 = b.attach("x", true, h1);
+        b.subscribe("x", id1, "t", QoS::AtLeastOnce);
+        let m = Arc::new(Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"old"),
+        });
+        let (h2, mut rx2) = b.new_connection();
+        let a2 = b.attach("x", false, h2);
+        assert!(!a2.session_present);
+        b.detach("x", id1, a1.session, vec![m]);
+        assert_eq!(next(&mut rx2), None, "a clean session's message leaked");
+    }
+
+    #[test]
+    fn a_takeover_redelivers_the_old_connections_messages_even_when_the_queue_is_full() {
+        let b = Broker::new(LocalConfig {
+            connection_queue: 1,
+            ..LocalConfig::default()
+        });
+        let (h1, _rx1) = b.new_connection();
+        let id1 = h1.id;
+        let a1 = b.attach("p", false, h1);
+        b.subscribe("p", id1, "t", QoS::AtLeastOnce);
+        let (h2, mut rx2) = b.new_connection();
+        let (id2, backlogged) = (h2.id, Arc::clone(&h2.backlogged));
+        assert!(b.attach("p", false, h2).session_present);
+        let unacked: Vec<Arc<Message>> = (0..3)
+            .map(|i| {
+                Arc::new(Message {
+                    topic: "t".into(),
+                    payload: Bytes::from(format!("{i}")),
+                })
+            })
+            .collect();
+        b.detach("p", id1, a1.session, unacked);
+        let mut got = Vec::new();
+        while let Some((topic, _, _)) = next(&mut rx2) {
+            got.push(topic);
+        }
+        got.extend(
+            b.take_backlog("p", id2, &backlogged, 10)
+                .into_iter()
+                .map(|(m, _)| m.topic.clone()),
+        );
+        assert_eq!(got.len(), 3, "lost on a full queue: {got:?}");
+    }
+
+    #[test]
+    fn a_taken_over_connection_can_no_longer_change_the_session() {
+        let b = broker();
+        let (h1, _rx1) = b.new_connection();
+        let id1 = h1.id;
+        b.attach("z", false, h1);
+        b.subscribe("z", id1, "keep", QoS::AtLeastOnce);
+        let (h2, _rx2) = b.new_connection();
+        let id2 = h2.id;
+        b.attach("z", false, h2);
+        // The old connection's late SUBSCRIBE and UNSUBSCRIBE change nothing.
+        b.subscribe("z", id1, "zombie", QoS::AtLeastOnce);
+        assert!(!b.unsubscribe("z", id1, "keep"));
+        assert!(!b.has_subscription("z", "zombie"));
+        assert!(b.has_subscription("z", "keep"));
+        assert!(b.unsubscribe("z", id2, "keep"));
+    }
+
+    #[test]
+    fn under_plain_mqtt_rules_a_wildcard_gets_every_matching_retained_message() {
+        let b = Broker::new(LocalConfig {
+            limits: Limits::Mqtt,
+            ..LocalConfig::default()
+        });
+        let (h, _rx) = b.new_connection();
+        let id = h.id;
+        b.attach("c", true, h);
+        for t in ["r/1", "r/2", "s/1"] {
+            b.retain(t, &Bytes::from_static(b"v"));
+        }
+        let mut topics: Vec<String> = b
+            .subscribe("c", id, "r/+", QoS::AtLeastOnce)
+            .iter()
+            .map(|m| m.topic.clone())
+            .collect();
+        topics.sort();
+        assert_eq!(topics, ["r/1", "r/2"]);
     }
 
     #[test]
@@ -722,13 +846,13 @@ mod tests {
         let (h1, mut rx1) = b.new_connection();
         let id1 = h1.id;
         let close1 = h1.close.subscribe();
-        b.attach("dup", true, h1);
+        let a1 = b.attach("dup", true, h1);
         let (h2, _rx2) = b.new_connection();
         b.attach("dup", true, h2);
         assert_eq!(*close1.borrow(), Some(DisconnectReason::DuplicateClientid));
         assert_eq!(next(&mut rx1), None);
         // The late detach of the first leaves the second attached.
-        b.detach("dup", id1, Vec::new());
+        b.detach("dup", id1, a1.session, Vec::new());
         assert_eq!(b.connected_clients(), ["dup"]);
     }
 }

@@ -91,6 +91,8 @@ struct Session {
     version_number: u64,
     ip: String,
     handle_id: u64,
+    /// The broker's id of the session this connection is attached to.
+    session_id: u64,
     /// Set by the broker while deliveries wait in the session's backlog.
     backlogged: Arc<std::sync::atomic::AtomicBool>,
     keep_alive: Option<Duration>,
@@ -188,6 +190,7 @@ pub async fn serve<S>(
         version_number: attached.version_number,
         ip: peer.ip().to_string(),
         handle_id,
+        session_id: attached.session,
         backlogged,
         keep_alive: shared.config.effective_keep_alive(connect.keep_alive),
         will: connect.last_will.clone(),
@@ -678,7 +681,11 @@ impl Session {
             } else {
                 f.qos
             };
-            if let Some(m) = self.shared.broker.subscribe(&self.client_id, &f.path, qos) {
+            for m in self
+                .shared
+                .broker
+                .subscribe(&self.client_id, self.handle_id, &f.path, qos)
+            {
                 retained.push((m, qos));
             }
             codes.push(SubscribeReasonCode::Success(qos));
@@ -697,7 +704,11 @@ impl Session {
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut removed = Vec::new();
         for f in &u.topics {
-            if self.shared.broker.unsubscribe(&self.client_id, f) {
+            if self
+                .shared
+                .broker
+                .unsubscribe(&self.client_id, self.handle_id, f)
+            {
                 removed.push(f.clone());
             }
         }
@@ -745,7 +756,7 @@ impl Session {
         }
         self.shared
             .broker
-            .detach(&self.client_id, self.handle_id, unacked);
+            .detach(&self.client_id, self.handle_id, self.session_id, unacked);
         if ended.will {
             if let Some(will) = self.will.take() {
                 if will.retain {
