@@ -94,7 +94,10 @@ struct State {
     wildcard: HashMap<String, HashMap<String, QoS>>,
     retained: HashMap<String, Arc<Message>>,
     /// Lifecycle `versionNumber` per client id.
-    versions: HashMap<String, u64>,
+    /// Lifecycle `versionNumber` per client id, and since when the client id has had no
+    /// connection (the entry is forgotten after the session expiry, as AWS resets the number
+    /// after about an hour offline; without that, every client id ever seen stays).
+    versions: HashMap<String, (u64, Option<Instant>)>,
 }
 
 /// Counters for tests and benchmarks.
@@ -194,9 +197,10 @@ impl Broker {
         let expiry = self.config.persistent_session_expiry;
         let mut st = self.lock();
         let version_number = {
-            let v = st.versions.entry(client_id.to_owned()).or_insert(0);
-            *v += 1;
-            *v
+            let v = st.versions.entry(client_id.to_owned()).or_insert((0, None));
+            v.0 += 1;
+            v.1 = None;
+            v.0
         };
         if let Some(old) = st.sessions.get_mut(client_id) {
             if let Some(conn) = old.connection.take() {
@@ -283,6 +287,14 @@ impl Broker {
             return;
         };
         let attached = session.connection.as_ref().is_some_and(|c| c.id == id);
+        if attached {
+            if let Some(v) = st.versions.get_mut(client_id) {
+                v.1 = Some(Instant::now());
+            }
+        }
+        let Some(session) = st.sessions.get_mut(client_id) else {
+            return;
+        };
         if attached && session.clean {
             Self::remove_session(&mut st, client_id);
             return;
@@ -330,6 +342,14 @@ impl Broker {
         for id in expired {
             Self::remove_session(&mut st, &id);
         }
+        st.versions
+            .retain(|_, (_, offline)| offline.is_none_or(|t| t.elapsed() <= expiry));
+    }
+
+    /// How many client ids the broker keeps a lifecycle version number for.
+    #[must_use]
+    pub fn known_client_ids(&self) -> usize {
+        self.lock().versions.len()
     }
 
     /// How many distinct filters the session of `client_id` holds.
@@ -838,6 +858,28 @@ mod tests {
             .collect();
         topics.sort();
         assert_eq!(topics, ["r/1", "r/2"]);
+    }
+
+    #[test]
+    fn client_ids_long_gone_are_forgotten_and_connected_ones_kept() {
+        let b = Broker::new(LocalConfig {
+            persistent_session_expiry: Duration::from_millis(1),
+            ..LocalConfig::default()
+        });
+        for i in 0..100 {
+            let (h, _rx) = b.new_connection();
+            let id = h.id;
+            let a = b.attach(&format!("flap-{i}"), true, h);
+            b.detach(&format!("flap-{i}"), id, a.session, Vec::new());
+        }
+        let (h, _rx) = b.new_connection();
+        b.attach("online", true, h);
+        std::thread::sleep(Duration::from_millis(5));
+        b.expire_sessions();
+        assert_eq!(b.known_client_ids(), 1);
+        // A client id seen again within the expiry keeps counting.
+        let (h2, _rx2) = b.new_connection();
+        assert_eq!(b.attach("online", true, h2).version_number, 2);
     }
 
     #[test]
