@@ -1,8 +1,10 @@
 """The ``awsiot-rs`` command line (``python -m awsiot_rs``), run as a subprocess against the
-session mosquitto's plain listener (``--no-tls``) and the AWS service fakes."""
+session mosquitto's plain listener (``--no-tls``), and its service commands (shadow, provision)
+against the embedded AWS IoT Core (``local_iot_core``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -18,9 +20,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from awsiot_rs.cli import message_to_json
-from support.aws_fakes import ProvisioningService, ShadowService
+from awsiot_rs.local import CoreEvent, Device, LocalIoTCore
 from support.http_proxy import Tinyproxy
 from support.mosquitto import free_ports
 
@@ -161,64 +165,105 @@ def test_log_file_and_verbose(broker, unique_topic, tmp_path):
     assert "DEBUG" in r.stderr
 
 
-def test_shadow_get_update_delete(broker):
+#: A fleet provisioning template as AWS's: the thing is ``thing-<SerialNumber>``.
+TEMPLATE: dict[str, Any] = {
+    "Parameters": {"SerialNumber": {"Type": "String", "Default": "0"}},
+    "Resources": {
+        "thing": {
+            "Type": "AWS::IoT::Thing",
+            "Properties": {"ThingName": {"Fn::Join": ["", ["thing-", {"Ref": "SerialNumber"}]]}},
+        },
+        "certificate": {
+            "Type": "AWS::IoT::Certificate",
+            "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"},
+        },
+    },
+}
+
+
+def on_core(core: LocalIoTCore, device: Device | None = None, client_id: str | None = None) -> list[str]:
+    """Connection options for the embedded AWS IoT Core (mutual TLS), as ``device``."""
+    args = ["--endpoint", core.endpoint, "--port", str(core.ports["mqtt"]), "--ca", core.ca_file]
+    if device is not None:
+        args += ["--cert", device.cert_file, "--key", device.key_file]
+    if client_id is not None:
+        args += ["--client-id", client_id]
+    return args
+
+
+def test_shadow_get_update_delete(local_iot_core):
+    core = local_iot_core
     thing = new_id("thing")
-    svc = ShadowService("127.0.0.1", broker.port, thing_names=[thing])
-    svc.start()
-    try:
-        r = run("shadow", "update", thing, "--desired", '{"light": "on"}', "--reported", '{"light": "off"}',
-                *local(broker))
-        assert r.returncode == 0, r.stderr
-        doc = json.loads(r.stdout)
-        assert doc["state"] == {"desired": {"light": "on"}, "reported": {"light": "off"}}
-        r = run("shadow", "get", thing, *local(broker))
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["state"]["delta"] == {"light": "on"}
-        r = run("shadow", "update", thing, "--name", "cfg", "--reported", '{"mode": 2}', *local(broker))
-        assert r.returncode == 0, r.stderr
-        assert json.loads(run("shadow", "get", thing, "--name", "cfg", *local(broker)).stdout)["state"] == {
-            "reported": {"mode": 2}}
-        r = run("shadow", "update", thing, "--reported", '{"light": "on"}', "--version", "999", *local(broker))
-        assert r.returncode == 4 and "409" in r.stderr, "a stale version is rejected: exit 4"
-        r = run("shadow", "delete", thing, *local(broker))
-        assert r.returncode == 0, r.stderr
-        r = run("shadow", "get", thing, *local(broker))
-        assert r.returncode == 4 and "404" in r.stderr, r.stderr
-    finally:
-        svc.stop()
-
-
-def test_provision_writes_the_certificate_and_key_and_prints_no_secret(broker, pki, tmp_path):
-    svc = ProvisioningService("127.0.0.1", broker.port, ca_cert_path=pki.ca_cert, ca_key_path=pki.ca_key)
-    svc.private_key_marker = SENTINEL
-    svc.start()
-    out = tmp_path / "device"
-    try:
-        r = run("provision", "--template", "default", "--param", "SerialNumber=99", "--out", str(out),
-                *local(broker), "--verbose")
-        assert r.returncode == 0, r.stderr
-        result = json.loads(r.stdout)
-        assert result["thing_name"] == "thing-99"
-        assert result["certificate"] == str(out / "certificate.pem.crt")
-        assert result["private_key"] == str(out / "private.pem.key")
-        assert SENTINEL not in r.stdout + r.stderr and "PRIVATE KEY" not in r.stdout + r.stderr
-        for name in ("certificate.pem.crt", "private.pem.key"):
-            assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
-        assert SENTINEL in (out / "private.pem.key").read_text()
-        assert svc.registered_things["thing-99"] == result["certificate_id"]
-
-        again = run("provision", "--template", "default", "--out", str(out), *local(broker))
-        assert again.returncode == 2 and "--force" in again.stderr, "never overwrites a key silently"
-        assert len(svc.requests) == 2, "nothing was sent"
-        bad = run("provision", "--template", "nope", "--out", str(tmp_path / "other"), *local(broker))
-        assert bad.returncode == 4 and "rejected" in bad.stderr
-    finally:
-        svc.stop()
-    # the new certificate connects to the mutual-TLS listener
-    r = run("pub", "provisioned/hello", "hi", "--endpoint", "localhost", "--port", str(broker.mtls_port),
-            "--ca", str(pki.ca_cert), "--cert", str(out / "certificate.pem.crt"),
-            "--key", str(out / "private.pem.key"), "--client-id", "thing-99")
+    conn = on_core(core, core.register_thing(thing), client_id=thing)
+    r = run("shadow", "update", thing, "--desired", '{"light": "on"}', "--reported", '{"light": "off"}', *conn)
     assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["state"] == {"desired": {"light": "on"}, "reported": {"light": "off"}} and doc["version"] == 1
+    r = run("shadow", "get", thing, *conn)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["state"]["delta"] == {"light": "on"}
+    assert got["state"]["reported"] == core.shadow_document(thing)["state"]["reported"]  # type: ignore[index]
+    r = run("shadow", "update", thing, "--name", "cfg", "--reported", '{"mode": 2}', *conn)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run("shadow", "get", thing, "--name", "cfg", *conn).stdout)["state"] == {
+        "reported": {"mode": 2}}
+    r = run("shadow", "update", thing, "--reported", '{"light": "on"}', "--version", "999", *conn)
+    assert r.returncode == 4 and "409" in r.stderr, "a stale version is rejected: exit 4"
+    assert core.shadow_document(thing)["version"] == 1  # type: ignore[index]
+    r = run("shadow", "delete", thing, *conn)
+    assert r.returncode == 0, r.stderr
+    assert core.shadow_document(thing) is None
+    r = run("shadow", "get", thing, *conn)
+    assert r.returncode == 4 and "404" in r.stderr, r.stderr
+
+
+def test_provision_writes_the_certificate_and_key_and_prints_no_secret(local_iot_core, tmp_path):
+    core = local_iot_core
+    claim = core.add_provisioning_template("default", TEMPLATE)
+    admin = core.register_thing(new_id("admin"))  # a device certificate: not limited to one template
+    events = core.events()
+    out = tmp_path / "device"
+    r = run("provision", "--template", "default", "--param", "SerialNumber=99", "--out", str(out),
+            *on_core(core, claim), "--verbose")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["thing_name"] == "thing-99"
+    assert result["certificate"] == str(out / "certificate.pem.crt")
+    assert result["private_key"] == str(out / "private.pem.key")
+    key_pem = (out / "private.pem.key").read_text()
+    assert "PRIVATE KEY" in key_pem
+    key_line = key_pem.splitlines()[1]  # a line of the key's base64 body
+    assert key_line not in r.stdout + r.stderr and "PRIVATE KEY" not in r.stdout + r.stderr
+    for name in ("certificate.pem.crt", "private.pem.key"):
+        assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate((out / "certificate.pem.crt").read_bytes())
+    assert result["certificate_id"] == cert.fingerprint(hashes.SHA256()).hex(), "AWS's certificate id"
+
+    again_id, bad_id = new_id("again"), new_id("bad")
+    again = run("provision", "--template", "default", "--out", str(out), *on_core(core, claim, again_id))
+    assert again.returncode == 2 and "--force" in again.stderr, "never overwrites a key silently"
+    bad = run("provision", "--template", "nope", "--out", str(tmp_path / "other"), *on_core(core, admin, bad_id))
+    assert bad.returncode == 4 and "rejected" in bad.stderr and "ResourceNotFound" in bad.stderr, bad.stderr
+    # the new certificate connects as the new thing
+    r = run("pub", "provisioned/hello", "hi", *on_core(core, client_id="thing-99"),
+            "--cert", str(out / "certificate.pem.crt"), "--key", str(out / "private.pem.key"))
+    assert r.returncode == 0, r.stderr
+
+    async def connections() -> list[CoreEvent]:
+        seen = []
+        async with events:
+            async for e in events:
+                if e.kind == "connect":
+                    seen.append(e)
+                    if e.client_id == "thing-99":
+                        return seen
+        return seen
+
+    connects = asyncio.run(asyncio.wait_for(connections(), 10))
+    assert again_id not in [e.client_id for e in connects], "nothing was sent: it did not even connect"
+    assert bad_id in [e.client_id for e in connects]
+    assert connects[-1].principal == result["certificate_id"], "the core knows the certificate by that id"
 
 
 def test_through_an_http_proxy_given_in_the_environment_without_showing_its_password(broker, pki, tmp_path):

@@ -1,10 +1,13 @@
 """The guides (docs/*.md) and the README say what the code does.
 
-- Every ```python snippet whose first line is ``# runs against: mosquitto`` runs, in a
-  subprocess, against the session mosquitto's mutual-TLS listener with ``ENDPOINT``, ``PORT``,
-  ``CA``, ``CERT`` and ``KEY`` set (docs/README.md, "Conventions") and with fakes of the Device
-  Shadow, Jobs and fleet provisioning services attached; it must exit 0 and write nothing on
-  stderr (no traceback, no warning logged by awsiot_rs).
+- Every ```python snippet whose first line is ``# runs against: <target>`` runs, in a
+  subprocess, with ``ENDPOINT``, ``PORT``, ``CA``, ``CERT`` and ``KEY`` set (docs/README.md,
+  "Conventions") for its target: ``mosquitto``, the session mosquitto's mutual-TLS listener;
+  ``local core``, an embedded AWS IoT Core (``awsiot_rs.local.LocalIoTCore``, with its Device
+  Shadow, Jobs and fleet provisioning services) and the certificate of the thing ``my-thing``;
+  ``local core (claim certificate)``, the same core and a fleet provisioning claim certificate
+  for the template ``MyTemplate``. It must exit 0 and write nothing on stderr (no traceback, no
+  warning logged by awsiot_rs).
 - Every ```python snippet, runnable or not (the AWS-only ones: SigV4, custom authorizers),
   compiles, and every awsiot_rs name it imports or reaches (``awsiot_rs.X``), every method or
   attribute it uses on the conventional variables (``client``, ``sub``, ``shadow``, ...) and
@@ -34,14 +37,19 @@ import awsiot_rs
 import awsiot_rs.sync
 from awsiot_rs import provisioning
 from awsiot_rs.cli import build_parser
-from support.aws_fakes import JobsService, ProvisioningService, ShadowService
+from awsiot_rs.local import LocalIoTCore
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 #: docs/architecture.md is the map of the code, not a guide.
 GUIDES = sorted(p for p in DOCS.glob("*.md") if p.name not in ("README.md", "architecture.md"))
 PAGES = [ROOT / "README.md", DOCS / "README.md", *GUIDES]
-RUN_MARKER = "# runs against: mosquitto"
+#: The first line of a snippet that runs, before its target.
+RUN_PREFIX = "# runs against: "
+MOSQUITTO = "mosquitto"
+LOCAL_CORE = "local core"
+LOCAL_CORE_CLAIM = "local core (claim certificate)"
+TARGETS = (MOSQUITTO, LOCAL_CORE, LOCAL_CORE_CLAIM)
 SNIPPET_TIMEOUT = 60.0
 
 
@@ -56,8 +64,16 @@ class Block(NamedTuple):
         return f"{self.page.relative_to(ROOT)}:{self.line}"
 
     @property
+    def target(self) -> str | None:
+        """What the snippet runs against (``# runs against: <target>``), or None."""
+        first = self.text.split("\n", 1)[0]
+        if self.lang != "python" or not first.startswith(RUN_PREFIX):
+            return None
+        return first[len(RUN_PREFIX):].strip()
+
+    @property
     def runs(self) -> bool:
-        return self.lang == "python" and self.text.startswith(RUN_MARKER)
+        return self.target is not None
 
 
 def blocks(page: pathlib.Path) -> list[Block]:
@@ -82,6 +98,8 @@ def blocks(page: pathlib.Path) -> list[Block]:
 ALL = [b for page in PAGES for b in blocks(page)]
 PYTHON = [b for b in ALL if b.lang == "python"]
 RUNNABLE = [b for b in PYTHON if b.runs]
+ON_MOSQUITTO = [b for b in RUNNABLE if b.target == MOSQUITTO]
+ON_LOCAL_CORE = [b for b in RUNNABLE if b.target in (LOCAL_CORE, LOCAL_CORE_CLAIM)]
 CONSOLE = [b for b in ALL if b.lang == "console"]
 
 
@@ -237,38 +255,29 @@ exec(code, {"__name__": "__main__", **json.loads(os.environ["DOCS_SNIPPET_NAMES"
 """
 
 THING = "my-thing"
+TEMPLATE = "MyTemplate"
+#: The provisioning template of the guides: the thing is ``sensor-<SerialNumber>``.
+TEMPLATE_BODY: dict[str, Any] = {
+    "Parameters": {"SerialNumber": {"Type": "String"}},
+    "Resources": {
+        "thing": {
+            "Type": "AWS::IoT::Thing",
+            "Properties": {"ThingName": {"Fn::Join": ["", ["sensor-", {"Ref": "SerialNumber"}]]}},
+        },
+        "certificate": {
+            "Type": "AWS::IoT::Certificate",
+            "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"},
+        },
+    },
+    "DeviceConfiguration": {"sampleRate": "60"},
+}
 
 
-@pytest.fixture
-def aws_services(broker, pki):  # type: ignore[no-untyped-def]
-    """The service fakes the guides' snippets talk to, answering for every thing."""
-    shadow = ShadowService("127.0.0.1", broker.port)
-    jobs = JobsService("127.0.0.1", broker.port)
-    provisioning_service = ProvisioningService(
-        "127.0.0.1", broker.port, ca_cert_path=pki.ca_cert, ca_key_path=pki.ca_key,
-        templates={"MyTemplate": lambda p: (f"sensor-{p['SerialNumber']}", {"sampleRate": "60"})},
-    )
-    started = []
-    try:
-        for svc in (shadow, jobs, provisioning_service):
-            svc.start()
-            started.append(svc)
-        jobs.add_job(THING, "firmware-1-2-3", {"operation": "update", "version": "1.2.3"})
-        jobs.add_job(THING, "reboot", {"operation": "reboot"})
-        yield
-    finally:
-        for svc in started:
-            svc.stop()
-
-
-@pytest.mark.broker
-@pytest.mark.timeout(SNIPPET_TIMEOUT + 30)
-@pytest.mark.parametrize("block", RUNNABLE, ids=lambda b: b.id)
-def test_the_snippet_runs_against_mosquitto(block: Block, broker, pki, aws_services, tmp_path):
+def run_snippet(block: Block, names: dict[str, Any], tmp_path: pathlib.Path) -> None:
+    """Runs ``block`` in a subprocess with ``names`` defined: exit 0, nothing on stderr, something
+    on stdout."""
     path = tmp_path / "snippet.py"
     path.write_text(block.text, encoding="utf-8")
-    names = {"ENDPOINT": "localhost", "PORT": broker.mtls_port, "CA": str(pki.ca_cert),
-             "CERT": str(pki.client_cert), "KEY": str(pki.client_key)}
     env = dict(os.environ, DOCS_SNIPPET_NAMES=json.dumps(names))
     r = subprocess.run(
         [sys.executable, "-c", RUNNER, str(path), block.id], cwd=tmp_path, env=env,
@@ -281,10 +290,40 @@ def test_the_snippet_runs_against_mosquitto(block: Block, broker, pki, aws_servi
     assert r.stdout.strip(), f"{block.id} printed nothing: a guide's snippet shows its result"
 
 
-def test_every_guide_has_a_snippet_that_runs_against_mosquitto():
+@pytest.mark.broker
+@pytest.mark.timeout(SNIPPET_TIMEOUT + 30)
+@pytest.mark.parametrize("block", ON_MOSQUITTO, ids=lambda b: b.id)
+def test_the_snippet_runs_against_mosquitto(block: Block, broker, pki, tmp_path):
+    names = {"ENDPOINT": "localhost", "PORT": broker.mtls_port, "CA": str(pki.ca_cert),
+             "CERT": str(pki.client_cert), "KEY": str(pki.client_key)}
+    run_snippet(block, names, tmp_path)
+
+
+@pytest.mark.timeout(SNIPPET_TIMEOUT + 30)
+@pytest.mark.parametrize("block", ON_LOCAL_CORE, ids=lambda b: b.id)
+def test_the_snippet_runs_against_the_local_core(block: Block, local_iot_core: LocalIoTCore, tmp_path):
+    """The thing ``my-thing`` with two queued jobs, and the template ``MyTemplate``; ``CERT`` and
+    ``KEY`` are the thing's certificate, or the template's claim certificate."""
+    core = local_iot_core
+    device = core.register_thing(THING)
+    claim = core.add_provisioning_template(TEMPLATE, TEMPLATE_BODY)
+    core.add_job(THING, "firmware-1-2-3", {"operation": "update", "version": "1.2.3"})
+    core.add_job(THING, "reboot", {"operation": "reboot"})
+    cert = claim if block.target == LOCAL_CORE_CLAIM else device
+    names = {"ENDPOINT": core.endpoint, "PORT": core.ports["mqtt"], "CA": core.ca_file,
+             "CERT": cert.cert_file, "KEY": cert.key_file}
+    run_snippet(block, names, tmp_path)
+
+
+def test_every_runnable_snippet_names_a_known_target():
+    for block in RUNNABLE:
+        assert block.target in TARGETS, f"{block.id}: '{RUN_PREFIX}{block.target}' is none of {TARGETS}"
+
+
+def test_every_guide_has_a_snippet_that_runs():
     assert GUIDES, "no guides in docs/"
     for page in GUIDES:
-        assert any(b.runs for b in blocks(page)), f"{page.name} has no '{RUN_MARKER}' snippet"
+        assert any(b.runs for b in blocks(page)), f"{page.name} has no '{RUN_PREFIX}...' snippet"
 
 
 # -- command lines ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """examples/notebook.ipynb runs end to end in a real Jupyter kernel (nbclient + ipykernel):
 the asyncio client with top-level ``await`` in the kernel's running loop, the sync client in
-cells, against the session mosquitto over mutual TLS and a fake Device Shadow service."""
+cells, against the embedded AWS IoT Core (``local_iot_core``) over mutual TLS: its broker and
+its Device Shadow service."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from support.aws_fakes import ShadowService
-
 try:  # installed by `make install-deps`; missing, the test fails (it is never skipped)
     import ipykernel  # noqa: F401
     import nbclient
@@ -24,7 +23,7 @@ except ImportError as e:  # pragma: no cover - a machine set up by hand
 else:
     MISSING = None
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "examples" / "notebook.ipynb"
@@ -72,17 +71,19 @@ def kernel_env(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
 
 
-def test_the_notebook_runs_end_to_end_against_mosquitto_and_the_shadow_fake(
-    broker, pki, kernel_env, unique_topic, monkeypatch
+def test_the_notebook_runs_end_to_end_against_the_local_core(
+    local_iot_core, kernel_env, unique_topic, monkeypatch
 ):
     if MISSING is not None:
         pytest.fail(MISSING, pytrace=False)
+    core = local_iot_core
     thing = f"notebook-{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("AWSIOT_ENDPOINT", "localhost")
-    monkeypatch.setenv("AWSIOT_PORT", str(broker.mtls_port))
-    monkeypatch.setenv("AWSIOT_CA", str(pki.ca_cert))
-    monkeypatch.setenv("AWSIOT_CERT", str(pki.client_cert))
-    monkeypatch.setenv("AWSIOT_KEY", str(pki.client_key))
+    device = core.register_thing(thing)
+    monkeypatch.setenv("AWSIOT_ENDPOINT", core.endpoint)
+    monkeypatch.setenv("AWSIOT_PORT", str(core.ports["mqtt"]))
+    monkeypatch.setenv("AWSIOT_CA", core.ca_file)
+    monkeypatch.setenv("AWSIOT_CERT", device.cert_file)
+    monkeypatch.setenv("AWSIOT_KEY", device.key_file)
     monkeypatch.setenv("AWSIOT_THING", thing)
     monkeypatch.setenv("AWSIOT_TOPIC", unique_topic)
 
@@ -93,11 +94,10 @@ def test_the_notebook_runs_end_to_end_against_mosquitto_and_the_shadow_fake(
         assert variable in first.source  # documented where a reader starts
     assert "amazonaws.com" in first.source  # and what to put for AWS
 
-    with ShadowService("127.0.0.1", broker.port, thing_names=[thing]) as shadow_service:
-        nbclient.NotebookClient(
-            nb, timeout=60, kernel_name=KERNEL, resources={"metadata": {"path": str(ROOT)}}
-        ).execute()  # raises CellExecutionError if a cell fails
-        stored = shadow_service.get_document(thing)
+    nbclient.NotebookClient(
+        nb, timeout=60, kernel_name=KERNEL, resources={"metadata": {"path": str(ROOT)}}
+    ).execute()  # raises CellExecutionError if a cell fails
+    stored = core.shadow_document(thing)
 
     cells = cells_by_tag(nb)
     assert "awsiot_rs" in text_of(cells["setup"])
@@ -126,6 +126,7 @@ def test_the_notebook_runs_end_to_end_against_mosquitto_and_the_shadow_fake(
     assert "Shadow document, version" in html_of(cells["shadow"])
     assert stored is not None and stored["state"]["desired"] == {"fan": "on"}
     assert stored["state"]["reported"] == {"temp": 22.25}
+    assert stored["version"] == after
 
     # The blocking client, in a cell of the same kernel.
     sync_text = text_of(cells["sync"])

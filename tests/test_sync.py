@@ -1,4 +1,5 @@
-"""awsiot_rs.sync: the blocking client against the session mosquitto (and the AWS service fakes)."""
+"""awsiot_rs.sync: the blocking client against the session mosquitto, and its services (shadow,
+fleet provisioning, jobs) against the embedded AWS IoT Core (``local_iot_core``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 
 import awsiot_rs
 from awsiot_rs import sync
-from support.aws_fakes import JobsService, ProvisioningService, ShadowService
+from awsiot_rs.local import CoreEvents, LocalIoTCore
 
 pytestmark = pytest.mark.broker
 
@@ -312,103 +313,140 @@ def test_the_constructor_takes_the_asyncio_clients_arguments():
             assert ours[name].default == p.default, name
 
 
-# -- services -------------------------------------------------------------------------------
+# -- services (against the embedded AWS IoT Core) -----------------------------------------------
+
+#: A fleet provisioning template as AWS's: the thing is ``thing-<SerialNumber>``.
+TEMPLATE: dict[str, Any] = {
+    "Parameters": {"SerialNumber": {"Type": "String"}},
+    "Resources": {
+        "thing": {
+            "Type": "AWS::IoT::Thing",
+            "Properties": {"ThingName": {"Fn::Join": ["", ["thing-", {"Ref": "SerialNumber"}]]}},
+        },
+        "certificate": {
+            "Type": "AWS::IoT::Certificate",
+            "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"},
+        },
+    },
+    "DeviceConfiguration": {"sampleRate": "60"},
+}
 
 
-def test_shadow_get_update_delete_and_deltas(sync_client, broker):
+def core_client(core: LocalIoTCore, thing: str, **kwargs: Any) -> sync.Client:
+    """A blocking client of ``core`` with the certificate of ``thing`` (registered or a claim)."""
+    kwargs.setdefault("client_id", thing)
+    if "auth" not in kwargs:
+        kwargs["auth"] = core.device(thing).auth()
+    return sync.Client(core.endpoint, port=core.ports["mqtt"], ca=core.ca_pem, operation_timeout=5, **kwargs)
+
+
+def wait_for_subscribe(events: CoreEvents, client_id: str, topic: str) -> None:
+    """Blocks until the core has granted ``client_id`` a subscription to ``topic``."""
+    asyncio.run(events.wait_for(
+        lambda e: e.kind == "subscribe" and e.client_id == client_id and topic in e.topics, 10))
+
+
+@pytest.fixture
+def core_thing(local_iot_core: LocalIoTCore) -> str:
     thing = f"thing-{uuid.uuid4().hex[:10]}"
-    svc = ShadowService("127.0.0.1", broker.port, thing_names=[thing])
-    svc.start()
-    try:
-        with sync_client() as c:
-            shadow = c.shadow(thing)
-            assert shadow.thing_name == thing and shadow.name is None and thing in repr(shadow)
-            with pytest.raises(awsiot_rs.ShadowRejected) as missing:
-                shadow.get()
-            assert missing.value.code == 404
-            deltas = shadow.deltas()
-            doc = shadow.update(desired={"light": "on"}, reported={"light": "off"})
-            assert doc["state"]["desired"] == {"light": "on"}
-            delta = deltas.get(timeout=5)
-            assert delta["state"] == {"light": "on"}
-            deltas.close()
-            got = shadow.get()
-            assert got["state"]["reported"] == {"light": "off"} and got["version"] == doc["version"]
-            with pytest.raises(awsiot_rs.ShadowRejected) as stale:
-                shadow.update(reported={"light": "on"}, version=doc["version"] + 5)
-            assert stale.value.code == 409
-            named = c.shadow(thing, "config")
-            named.update(reported={"mode": 1})
-            assert named.get()["state"]["reported"] == {"mode": 1}
-            shadow.delete()
-            with pytest.raises(awsiot_rs.ShadowRejected):
-                shadow.get()
-    finally:
-        svc.stop()
+    local_iot_core.register_thing(thing)
+    return thing
 
 
-def test_shadow_on_delta_callback(sync_client, broker):
-    thing = f"thing-{uuid.uuid4().hex[:10]}"
-    svc = ShadowService("127.0.0.1", broker.port, thing_names=[thing])
-    svc.start()
-    try:
-        with sync_client() as c:
-            seen: list[dict[str, Any]] = []
-            got = threading.Event()
-            sub = c.shadow(thing).on_delta(lambda d: (seen.append(d), got.set()) and None)
-            c.shadow(thing).update(desired={"x": 1})
-            assert got.wait(5) and seen[0]["state"] == {"x": 1}
-            sub.unsubscribe()
-    finally:
-        svc.stop()
+def test_shadow_get_update_delete_and_deltas(local_iot_core, core_thing):
+    core, thing = local_iot_core, core_thing
+    events = core.events()
+    with core_client(core, thing) as c:
+        shadow = c.shadow(thing)
+        assert shadow.thing_name == thing and shadow.name is None and thing in repr(shadow)
+        with pytest.raises(awsiot_rs.ShadowRejected) as missing:
+            shadow.get()
+        assert missing.value.code == 404
+        deltas = shadow.deltas()
+        wait_for_subscribe(events, thing, awsiot_rs.topics.shadow(thing, "update/delta"))
+        doc = shadow.update(desired={"light": "on"}, reported={"light": "off"})
+        assert doc["state"]["desired"] == {"light": "on"} and doc["version"] == 1
+        delta = deltas.get(timeout=5)
+        assert delta["state"] == {"light": "on"} and delta["version"] == 1
+        deltas.close()
+        got = shadow.get()
+        assert got["state"]["reported"] == {"light": "off"} and got["version"] == doc["version"]
+        assert got["state"]["delta"] == {"light": "on"}
+        with pytest.raises(awsiot_rs.ShadowRejected) as stale:
+            shadow.update(reported={"light": "on"}, version=doc["version"] + 5)
+        assert stale.value.code == 409
+        named = c.shadow(thing, "config")
+        named.update(reported={"mode": 1})
+        assert named.get()["state"]["reported"] == {"mode": 1}
+        assert core.shadow_document(thing, "config")["state"]["reported"] == {"mode": 1}  # type: ignore[index]
+        assert shadow.delete()["version"] == 1
+        assert core.shadow_document(thing) is None
+        with pytest.raises(awsiot_rs.ShadowRejected) as gone:
+            shadow.get()
+        assert gone.value.code == 404
+    asyncio.run(events.aclose())
 
 
-def test_fleet_provisioning(sync_client, broker, pki, tmp_path):
-    svc = ProvisioningService("127.0.0.1", broker.port, ca_cert_path=pki.ca_cert, ca_key_path=pki.ca_key)
-    svc.start()
-    try:
-        with sync_client() as c:
-            fp = c.fleet_provisioning()
-            assert fp.fmt == "json" and "FleetProvisioning" in repr(fp)
-            keys = fp.create_keys_and_certificate()
-            thing = fp.register_thing("default", {"SerialNumber": "7"},
-                                      certificate_ownership_token=keys.certificate_ownership_token)
-            assert thing.thing_name == "thing-7"
-            with pytest.raises(awsiot_rs.ProvisioningRejected):
-                fp.register_thing("nope", {}, certificate_ownership_token=keys.certificate_ownership_token)
-        auth = keys.save(tmp_path / "c.crt", tmp_path / "k.key")
-        device = sync.Client("localhost", port=broker.mtls_port, ca=pki.ca_cert, auth=auth, client_id="thing-7")
-        with device:
-            assert device.is_connected, "the provisioned certificate connects"
-    finally:
-        svc.stop()
+def test_shadow_on_delta_callback(local_iot_core, core_thing):
+    core, thing = local_iot_core, core_thing
+    with core_client(core, thing) as c:
+        seen: list[dict[str, Any]] = []
+        got = threading.Event()
+        sub = c.shadow(thing).on_delta(lambda d: (seen.append(d), got.set()) and None)
+        c.shadow(thing).update(desired={"x": 1})
+        assert got.wait(5) and seen[0]["state"] == {"x": 1} and seen[0]["version"] == 1
+        sub.unsubscribe()
 
 
-def test_jobs(sync_client, broker):
-    thing = f"thing-{uuid.uuid4().hex[:10]}"
-    svc = JobsService("127.0.0.1", broker.port, thing_names=[thing])
-    svc.start()
-    try:
-        with sync_client() as c:
-            jobs = c.jobs(thing)
-            assert jobs.thing_name == thing
-            assert jobs.start_next() is None
-            with jobs.notify_next() as notes:
-                with pytest.raises(TimeoutError):
-                    notes.get(timeout=0.3)  # also makes sure the subscription is in place
-                svc.add_job(thing, "job-1", {"op": "reboot"})
-                assert notes.get(timeout=5)["execution"]["jobId"] == "job-1"
-            assert [j["jobId"] for j in jobs.get_pending()["queuedJobs"]] == ["job-1"]
-            ex = jobs.start_next()
-            assert ex is not None and ex["jobDocument"] == {"op": "reboot"}
-            described = jobs.describe("job-1")
-            assert described is not None and described["status"] == "IN_PROGRESS"
-            with pytest.raises(awsiot_rs.JobRejected):
-                jobs.update("job-1", "SUCCEEDED", expected_version=99)
-            jobs.update("job-1", "SUCCEEDED", expected_version=ex["versionNumber"])
-            assert jobs.get_pending()["queuedJobs"] == []
-    finally:
-        svc.stop()
+def test_fleet_provisioning(local_iot_core, tmp_path):
+    core = local_iot_core
+    claim = core.add_provisioning_template("default", TEMPLATE)
+    admin = f"admin-{uuid.uuid4().hex[:8]}"  # a device certificate: not limited to one template
+    core.register_thing(admin)
+    with core_client(core, claim.thing_name) as c:
+        fp = c.fleet_provisioning()
+        assert fp.fmt == "json" and "FleetProvisioning" in repr(fp)
+        keys = fp.create_keys_and_certificate()
+        with pytest.raises(awsiot_rs.ProvisioningRejected) as bad_params:
+            fp.register_thing("default", {}, certificate_ownership_token=keys.certificate_ownership_token)
+        assert (bad_params.value.status_code, bad_params.value.error_code) == (400, "InvalidParameters")
+        thing = fp.register_thing("default", {"SerialNumber": "7"},
+                                  certificate_ownership_token=keys.certificate_ownership_token)
+        assert thing.thing_name == "thing-7" and thing.device_configuration == {"sampleRate": "60"}
+    with core_client(core, admin) as c:
+        with pytest.raises(awsiot_rs.ProvisioningRejected) as unknown:
+            c.fleet_provisioning().register_thing("nope", {}, certificate_ownership_token=keys.certificate_ownership_token)
+        assert (unknown.value.status_code, unknown.value.error_code) == (404, "ResourceNotFound")
+    auth = keys.save(tmp_path / "c.crt", tmp_path / "k.key")
+    with core_client(core, "thing-7", auth=auth) as device:
+        assert device.is_connected, "the provisioned certificate connects"
+        assert "thing-7" in core.connected_clients()
+
+
+def test_jobs(local_iot_core, core_thing):
+    core, thing = local_iot_core, core_thing
+    events = core.events()
+    with core_client(core, thing) as c:
+        jobs = c.jobs(thing)
+        assert jobs.thing_name == thing
+        assert jobs.start_next() is None
+        with jobs.notify_next() as notes:
+            wait_for_subscribe(events, thing, awsiot_rs.topics.jobs(thing, "notify-next"))
+            core.add_job(thing, "job-1", {"op": "reboot"})
+            assert notes.get(timeout=5)["execution"]["jobId"] == "job-1"
+        assert [j["jobId"] for j in jobs.get_pending()["queuedJobs"]] == ["job-1"]
+        ex = jobs.start_next()
+        assert ex is not None and ex["jobDocument"] == {"op": "reboot"}
+        described = jobs.describe("job-1")
+        assert described is not None and described["status"] == "IN_PROGRESS"
+        with pytest.raises(awsiot_rs.JobRejected) as mismatch:
+            jobs.update("job-1", "SUCCEEDED", expected_version=99)
+        assert mismatch.value.code == "VersionMismatch"
+        jobs.update("job-1", "SUCCEEDED", expected_version=ex["versionNumber"])
+        assert core.job_execution(thing, "job-1")["status"] == "SUCCEEDED"  # type: ignore[index]
+        pending = jobs.get_pending()
+        assert pending["inProgressJobs"] == [] and pending["queuedJobs"] == []
+    asyncio.run(events.aclose())
 
 
 # -- threads, running loops, exit, fork --------------------------------------------------------

@@ -1,5 +1,12 @@
 """Fake AWS IoT services (Device Shadow, Fleet Provisioning, Jobs) for the test-suite.
 
+The service behaviour itself is tested against the embedded AWS IoT Core
+(``awsiot_rs.local.LocalIoTCore``: tests/test_services.py and the service tests of
+test_sync.py, test_cli.py, test_notebook.py and test_docs.py). These fakes remain for what a
+correct service never does: their fault knobs (below) drive the client's request engine
+through duplicate, foreign, late, rejected and missing answers (tests/test_services_faults.py,
+tests/test_request_engine.py); tests/selfcheck/test_aws_fakes.py checks the fakes themselves.
+
 Each fake is an ordinary MQTT client (paho-mqtt 2.x, threaded ``loop_start()``)
 attached to a broker, normally the session mosquitto from ``tests/conftest.py``.
 It subscribes to the AWS request topics and answers on the AWS response
