@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from . import _native
+from ._files import write_atomically
 from .auth import CustomAuth, MtlsAuth, SigV4Auth
 from .client import Client
 from .config import Payload, encode_payload
@@ -241,30 +242,6 @@ class CoreEvent:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _write_file(path: str, data: bytes, mode: int) -> None:
-    """Replaces ``path`` with ``data`` (``mode`` whatever the umask), never following a symlink
-    planted there: a new file is written beside it and renamed over it."""
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, flags, mode)
-    try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _safe_file_name(name: str) -> str:
@@ -471,7 +448,7 @@ class LocalIoTCore:
                     os.makedirs(state_dir, mode=0o700, exist_ok=True)
                 ca_pem = bytes(ref.ca_pem)
                 ca_file = os.path.join(state_dir, "ca.pem")
-                _write_file(ca_file, ca_pem, 0o644)
+                write_atomically(ca_file, ca_pem, 0o644)
                 ports = dict(ref.ports)
             except BaseException:
                 ref.stop()
@@ -594,8 +571,8 @@ class LocalIoTCore:
         assert self._state_dir is not None
         base = os.path.join(self._state_dir, _safe_file_name(thing_name))
         cert_file, key_file = f"{base}.cert.pem", f"{base}.private.key"
-        _write_file(key_file, key_pem, 0o600)
-        _write_file(cert_file, cert_pem, 0o644)
+        write_atomically(key_file, key_pem, 0o600)
+        write_atomically(cert_file, cert_pem, 0o644)
         device = Device(thing_name, cert_file, key_file, cert_pem, key_pem, certificate_id)
         self._devices[thing_name] = device
         return device

@@ -3,13 +3,11 @@ RegisterThing."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import topics
+from ._files import write_atomically
 from .auth import MtlsAuth, PathLike
 from .errors import ConfigError, ProvisioningRejected
 
@@ -24,58 +22,6 @@ __all__ = [
 ]
 
 
-def _fsync_dir(directory: str) -> None:
-    """Makes a rename in ``directory`` durable (where directories can be opened)."""
-    flags = getattr(os, "O_DIRECTORY", None)
-    if flags is None:  # pragma: no cover - not on POSIX
-        return
-    fd = os.open(directory, os.O_RDONLY | flags | getattr(os, "O_CLOEXEC", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_private(path: PathLike, data: bytes) -> None:
-    """Atomically replaces ``path`` with a regular file holding ``data``, readable by the owner
-    only (0600).
-
-    The data goes to a new temporary file in the same directory (``O_CREAT | O_EXCL |
-    O_NOFOLLOW``: never an existing file or a symlink), which is fsynced and renamed over
-    ``path``; the directory is fsynced after. A symlink planted at ``path`` is replaced, never
-    followed, and a crash or a failed write leaves the previous file intact.
-    """
-    target = os.path.abspath(os.fspath(path))
-    directory, name = os.path.split(target)
-    flags = (
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    )
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o600)
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 collisions of 64 random bits
-        raise FileExistsError(f"cannot create a temporary file next to {target!r}")
-    try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
 
 
 @dataclass(frozen=True)
@@ -95,8 +41,8 @@ class CreateKeysAndCertificateResponse:
         crash or a failed write leaves any previous file intact, and a symlink at either path
         is replaced, never followed. The key is written first (AWS keeps no copy of it).
         Failures raise ``OSError``."""
-        _write_private(key_path, self.private_key.encode())
-        _write_private(cert_path, self.certificate_pem.encode())
+        write_atomically(key_path, self.private_key.encode())
+        write_atomically(cert_path, self.certificate_pem.encode())
         return MtlsAuth(cert_path, key_path)
 
 
