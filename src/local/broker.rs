@@ -58,6 +58,9 @@ impl ConnectionHandle {
     /// Tells the connection to close for `reason` (the first reason given wins); whether it
     /// was still running.
     pub fn close_for(&self, reason: DisconnectReason) -> bool {
+        // Read before signalling: once signalled, the connection may end (and close its queue)
+        // on another thread before this returns.
+        let running = !self.tx.is_closed();
         let mut first = false;
         self.close.send_if_modified(|r| {
             first = r.is_none();
@@ -66,7 +69,7 @@ impl ConnectionHandle {
             }
             first
         });
-        !self.tx.is_closed()
+        running
     }
 }
 
