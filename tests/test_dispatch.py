@@ -219,3 +219,63 @@ async def test_dropped_subscriptions_leave_the_dispatcher_source_table(plain_cli
         assert len(d._sources) == baseline + 1
         await c.publish(unique_topic, b"still", qos=1)
         assert (await asyncio.wait_for(live.__anext__(), 5)).payload == b"still"
+
+
+# (15c) runs of completions -------------------------------------------------------------------
+
+
+class RecordingNative:
+    """Stands in for the dispatcher's native notifier and records what ``drain()`` returns."""
+
+    def __init__(self, native: Any) -> None:
+        self.native = native
+        self.items: list[tuple[Any, ...]] = []
+
+    def drain(self) -> list[tuple[Any, ...]]:
+        items: list[tuple[Any, ...]] = self.native.drain()
+        self.items.extend(items)
+        return items
+
+
+class RaisingFuture:
+    """In the futures table in place of a real future: completing it raises ``Boom``."""
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, _value: object) -> None:
+        raise Boom("set_result")
+
+
+async def test_qos1_completions_come_as_bounded_runs_and_a_base_exception_loses_nothing(
+    plain_client, unique_topic
+):
+    """PUBACKs that queue up while the loop is busy reach the dispatcher as ``("ops", tokens)``
+    runs (no tuple per publish, at most 256 tokens each). Should something escape while a run
+    is handled, only that one future is lost: the rest of the run completes on the next turn."""
+    n = 600
+    d = _dispatch.dispatcher_for(asyncio.get_running_loop())
+    async with plain_client() as c:
+        real = d.native
+        recorder = RecordingNative(real)
+        d.native = recorder  # type: ignore[assignment]
+        try:
+            with CapturedLoopErrors() as errors:
+                futures = [c.publish(unique_topic, b"x", qos=1) for _ in range(n)]
+                tokens = {id(f): t for t, f in d._futures.items()}
+                mine = [tokens[id(f)] for f in futures]
+                victim = mine[n // 2]
+                d._futures[victim] = RaisingFuture()  # type: ignore[assignment]
+                time.sleep(1.0)  # every PUBACK queues up behind one wake-up
+                others = [f for f in futures if tokens[id(f)] != victim]
+                await asyncio.wait_for(asyncio.gather(*others), 10)
+                await wait_until(lambda: errors.exceptions)
+        finally:
+            d.native = real
+        assert any(isinstance(e, Boom) for e in errors.exceptions)
+    runs = [item[1] for item in recorder.items if item[0] == "ops"]
+    completed = [t for run in runs for t in run]
+    assert set(mine) <= set(completed), "every publish completed through an ops run"
+    assert max(len(run) for run in runs) <= 256
+    assert len(runs) < n // 10, "completions were not batched into runs"
+    assert not any(item[0] == "op" and item[1] in set(mine) for item in recorder.items)

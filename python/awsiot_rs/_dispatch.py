@@ -213,13 +213,17 @@ class Dispatcher:
         are unpacked into names here and nowhere else:
 
         - ``("ready", source)``: subscription ``source`` has messages;
+        - ``("ops", [token, ...])``: futures completed with ``None`` (a run of them, in order: one
+          item for many QoS 1 publishes, no tuple per operation);
         - ``("op", token, ok, value)``: the result (``ok``) or exception of future ``token``;
         - ``("connected", client, session_present, reconnect)``,
           ``("disconnected", client, reason, error_or_None)``,
           ``("credentials", client, request)``: lifecycle items of client ``client``.
         """
         kind = item[0]
-        if kind == "ready":
+        if kind == "ops":
+            self._complete(item[1])
+        elif kind == "ready":
             _, source = item
             ref = self._sources.get(source)
             callback = ref() if ref is not None else None
@@ -239,6 +243,24 @@ class Dispatcher:
                 fut.set_exception(value)
         else:
             self._dispatch_lifecycle(item)
+
+    def _complete(self, tokens: list[int]) -> None:
+        """Completes the futures of ``tokens`` with ``None``. Runs no user code (``set_result``
+        only schedules the futures' callbacks); should anything escape anyway (a signal handler
+        raising between two tokens), the tokens not yet handled go back to the front of the
+        backlog, so only the one being handled can be lost, as with any other item."""
+        futures = self._futures
+        done = 0
+        try:
+            for token in tokens:
+                done += 1
+                fut = futures.pop(token, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+        except BaseException:
+            if done < len(tokens):
+                self._backlog.appendleft(("ops", tokens[done:]))
+            raise
 
     def _dispatch_lifecycle(self, item: tuple[Any, ...]) -> None:
         kind, client_token, *rest = item

@@ -27,7 +27,8 @@ class Notifier:
     def close(self) -> None:
         """Threadsafe notifiers: ``wait()`` returns ``False`` from now on."""
     def drain(self) -> list[tuple[Any, ...]]:
-        """Takes every pending item: ``("op", token, ok, value)``, ``("ready", source)``,
+        """Takes every pending item: ``("ops", [token, ...])`` (completed with ``None``),
+        ``("op", token, ok, value)``, ``("ready", source)``,
         ``("connected", client, session_present, reconnect)``,
         ``("disconnected", client, reason, exception_or_None)``,
         ``("credentials", client, request)`` (unpacked by ``Dispatcher._dispatch``)."""

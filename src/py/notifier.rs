@@ -292,6 +292,26 @@ fn new_wakeup(_threadsafe: bool) -> PyResult<WakeUp> {
     Ok(WakeUp::Waiter(Waiter::default()))
 }
 
+/// At most this many tokens in one `("ops", [...])` item of `drain()`: a run of completions is
+/// handled in one go by the dispatcher (no user code runs), so it is bounded like a batch.
+const OPS_PER_ITEM: usize = 256;
+
+impl Notifier {
+    /// Reader mode: reads the pending wake-up byte(s), if any, so that the loop stops seeing the
+    /// socket readable. Nothing to do in threadsafe mode (`wait()` takes its wake-up).
+    fn consume_wakeup(&self) {
+        #[cfg(unix)]
+        if let WakeUp::Socket { reader, .. } = &self.inner.wakeup {
+            let mut sink = [0u8; 512];
+            while let Ok(n) = (&*reader).read(&mut sink) {
+                if n < sink.len() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl Notifier {
     /// `Notifier()` wakes its loop through a file descriptor (`fileno()`, Unix only: elsewhere
@@ -351,30 +371,49 @@ impl Notifier {
     }
 
     /// Takes everything pending (call until it returns an empty list). Returns a list of tuples:
-    /// `("op", token, ok, value)`, `("ready", source)`,
+    /// `("ops", [token, ...])` (operations completed with `None`, in order),
+    /// `("op", token, ok, value)` (any other result or error), `("ready", source)`,
     /// `("connected", client, session_present, reconnect)`, `("credentials", client, request)`,
     /// `("disconnected", client, reason, exception_or_None)`. Plain tuples (the cheapest thing to
     /// build per message); `Dispatcher._dispatch` unpacks them into names in one place.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        #[cfg(unix)]
-        if let WakeUp::Socket { reader, .. } = &self.inner.wakeup {
-            let mut sink = [0u8; 512];
-            while let Ok(n) = (&*reader).read(&mut sink) {
-                if n < sink.len() {
-                    break;
-                }
-            }
-        }
         // Stay signalled while there is work: producers skip the wake-up meanwhile, so a busy
         // loop drains many batches per wake-up. Only an empty drain re-arms the wake-up, and
         // checks once more afterwards so nothing pushed in between is missed.
         let mut items = std::mem::take(&mut *self.inner.lock());
         if items.is_empty() {
+            // The wake-up byte is consumed here, on re-arming, and nowhere else: while the
+            // notifier stays signalled no producer writes, so a drain that finds items needs no
+            // read (one syscall less per wake-up). Read before `signalled` is cleared: a byte
+            // written after the store belongs to the next wake-up and must stay.
+            self.consume_wakeup();
             self.inner.signalled.store(false, Ordering::Release);
             items = std::mem::take(&mut *self.inner.lock());
         }
         let out = PyList::empty(py);
+        // The tokens of consecutive successful `Unit` operations (QoS 1 publishes, mostly) go in
+        // one `("ops", [token, ...])` item, in order: no tuple per operation, one dispatch per run.
+        let mut run: Option<(Bound<'py, PyList>, usize)> = None;
         for item in items {
+            if let Item::Op {
+                token,
+                result: Ok(Output::Unit),
+            } = item
+            {
+                match &mut run {
+                    Some((tokens, len)) if *len < OPS_PER_ITEM => {
+                        tokens.append(token)?;
+                        *len += 1;
+                    }
+                    _ => {
+                        let tokens = PyList::new(py, [token])?;
+                        out.append(("ops", &tokens))?;
+                        run = Some((tokens, 1));
+                    }
+                }
+                continue;
+            }
+            run = None;
             let tuple: Bound<'py, PyTuple> = match item {
                 Item::Op { token, result } => match result {
                     Ok(Output::Unit) => ("op", token, true, py.None()).into_pyobject(py)?,
