@@ -279,3 +279,57 @@ async def test_qos1_completions_come_as_bounded_runs_and_a_base_exception_loses_
     assert max(len(run) for run in runs) <= 256
     assert len(runs) < n // 10, "completions were not batched into runs"
     assert not any(item[0] == "op" and item[1] in set(mine) for item in recorder.items)
+
+
+class CountingRef:
+    """Stands in for a subscription's native queue and counts the batches taken from it."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+        self.pops = 0
+
+    def pop_batch(self, n: int) -> Any:
+        self.pops += 1
+        return self.ref.pop_batch(n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ref, name)
+
+    def __len__(self) -> int:
+        return len(self.ref)
+
+
+@pytest.mark.parametrize("mode", ["iterator", "callback"])
+async def test_an_idle_subscription_takes_no_empty_batches(plain_client, unique_topic, mode):
+    """One message at a time: once a batch has emptied the native queue, the subscription waits
+    for the notifier instead of taking an empty batch first (one native call per message, not
+    two), and still sees every message, then the end of the iteration at disconnect."""
+    n = 30
+    got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    def on_message(m: Any) -> None:
+        got.append(m.payload)
+        arrived.set()
+
+    async with plain_client() as c:
+        sub = await c.subscribe(unique_topic, qos=1, callback=on_message if mode == "callback" else None)
+        counting = CountingRef(sub._ref)
+        sub._ref = counting  # type: ignore[assignment]
+        for i in range(n):
+            arrived.clear()
+            if mode == "iterator":
+                # Waiting before the message is sent: the path of a consumer that keeps up.
+                next_message = asyncio.ensure_future(sub.__anext__())
+                await asyncio.sleep(0)
+                await c.publish(unique_topic, str(i).encode(), qos=1)
+                got.append((await asyncio.wait_for(next_message, 5)).payload)
+            else:
+                await c.publish(unique_topic, str(i).encode(), qos=1)
+                await asyncio.wait_for(arrived.wait(), 5)
+        assert got == [str(i).encode() for i in range(n)]
+        assert counting.pops <= n + 2, f"{counting.pops} batches taken for {n} messages"
+        if mode == "iterator":
+            await c.disconnect()
+            rest = [m async for m in sub]  # the pause ends the iteration: it must not hang
+            assert rest == []

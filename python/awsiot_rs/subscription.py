@@ -102,6 +102,10 @@ class Subscription:
         self._delivering: asyncio.Task[None] | None = None
         self._scheduled = False
         self._batch = max(1, min(_BATCH, queue_size))
+        #: False once a ``pop_batch`` found the native queue open and left it empty: the queue
+        #: then reports its next message (or its pause or end) through the notifier
+        #: (``_on_ready``), so looking again before that would only take an empty batch.
+        self._maybe_more = True
         dispatcher.add_source(ref.id, self._on_ready)
 
     @property
@@ -120,6 +124,7 @@ class Subscription:
         return self._closed
 
     def _on_ready(self) -> None:
+        self._maybe_more = True
         if self._callback is not None:
             if self._delivering is None and not self._scheduled:
                 self._deliver()
@@ -134,7 +139,11 @@ class Subscription:
         (``_OPEN`` when messages came or may come). A batch is at most ``queue_size``
         messages, so the buffer never holds more than the queue's bound and backpressure
         keeps working."""
+        if not self._maybe_more:
+            return _OPEN  # empty, and the notifier will tell when that changes
         messages, state = self._ref.pop_batch(self._batch)
+        # A short batch from an open queue emptied it, which re-armed its wake-up.
+        self._maybe_more = state != _OPEN or len(messages) >= self._batch
         if messages:
             self._buffer.extend(messages)
             return _OPEN
