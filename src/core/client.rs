@@ -139,20 +139,16 @@ impl Client {
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.shared.set_state(State::Connecting);
         self.shared.session_present.store(false, Ordering::Release);
-        let driver = Driver::new(Arc::clone(&self.shared), rx, generation);
+        let driver = Box::new(Driver::new(Arc::clone(&self.shared), rx, generation));
         let mut slot = self
             .driver
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let previous = slot.take();
-        *slot = Some(self.runtime.spawn(async move {
-            // The previous driver may still be flushing its DISCONNECT: let it finish first,
-            // so two drivers never share the registry or the client id.
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
-            driver.run(reply).await;
-        }));
+        *slot = Some(
+            self.runtime
+                .spawn(crate::core::driver::task(previous, driver, reply)),
+        );
     }
 
     /// Operations submitted and not yet sent.

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -45,8 +43,20 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
     generation: u64,
-    rng: StdRng,
     session: Session,
+}
+
+/// The driver task as spawned: waits for the previous driver (it may still be flushing its
+/// DISCONNECT, and two drivers never share the registry or the client id), then runs.
+pub(crate) async fn task(
+    previous: Option<tokio::task::JoinHandle<()>>,
+    driver: Box<Driver>,
+    connect_reply: Reply<ConnectInfo>,
+) {
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
+    driver.run(connect_reply).await;
 }
 
 impl Driver {
@@ -68,7 +78,6 @@ impl Driver {
             shared,
             rx,
             generation,
-            rng: StdRng::from_os_rng(),
             session,
         }
     }
@@ -86,7 +95,10 @@ impl Driver {
     }
 
     /// The task body: connect, serve, reconnect, until disconnected or given up.
-    pub(crate) async fn run(mut self, connect_reply: Reply<ConnectInfo>) {
+    ///
+    /// Boxed: an `async fn` keeps a by-value `self` twice in its state (the argument and the
+    /// moved local), and every idle client's task holds that state.
+    pub(crate) async fn run(mut self: Box<Self>, connect_reply: Reply<ConnectInfo>) {
         let client_id = self.cfg().client_id.clone();
         log::debug!("client {client_id}: driver started");
         // Subscriptions kept from an earlier connection (or opened before connect()) resume.
@@ -165,7 +177,7 @@ impl Driver {
             }
             // Back off before the next attempt, serving commands meanwhile.
             let Some(b) = backoff.as_mut() else { break };
-            let mut delay = b.next_delay(&mut self.rng);
+            let mut delay = b.next_delay(&mut rand::rng());
             if self.cfg().limits == Limits::Aws {
                 // AWS IoT allows one CONNECT per second per client id.
                 let since = last_attempt.elapsed();
@@ -187,8 +199,9 @@ impl Driver {
     /// One connection attempt, serving commands while it runs. `Err(())` = disconnect requested.
     async fn attempt(&mut self) -> std::result::Result<Result<Opened>, ()> {
         let cfg = self.shared.config.clone();
-        let open = handshake::open(&cfg);
-        tokio::pin!(open);
+        // Boxed: the handshake's future (TCP, TLS, WebSocket, proxy) is several KiB and lives
+        // only while connecting; inline it would size every idle driver task.
+        let mut open = Box::pin(handshake::open(&cfg));
         loop {
             let deadline = self.session.next_deadline();
             tokio::select! {
@@ -393,4 +406,48 @@ async fn write_some(
     wbuf.advance(n);
     *needs_flush = true;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::client::COMMAND_CAPACITY;
+    use crate::core::config::ClientConfig;
+    use crate::core::net::transport::Transport;
+
+    struct NoEvents;
+    impl crate::core::shared::EventSink for NoEvents {
+        fn event(&self, _: ClientEvent) {}
+    }
+
+    /// An idle client's task stores its future inline (the task cell), so the future's size
+    /// is memory per connection: the handshake (several KiB of TCP / TLS / WebSocket / proxy
+    /// states) is boxed for the time it runs, and the driver is not kept twice.
+    #[test]
+    fn an_idle_driver_task_is_small() {
+        let cfg = ClientConfig::new("broker.test", 1883, Transport::Tcp);
+        let shared = Arc::new(Shared::new(cfg.clone(), Arc::new(NoEvents)));
+        let (_tx, rx) = mpsc::channel::<Command>(COMMAND_CAPACITY);
+        let mut driver = Box::new(Driver::new(shared, rx, 1));
+        let (a, _b) = tokio::io::duplex(64);
+        let opened = Opened {
+            stream: Box::new(a),
+            leftover: BytesMut::new(),
+            session_present: false,
+            connect_size: 0,
+        };
+        let serve = std::mem::size_of_val(&driver.serve(opened));
+        let attempt = std::mem::size_of_val(&driver.attempt());
+        let open = std::mem::size_of_val(&handshake::open(&cfg));
+        let task = std::mem::size_of_val(&task(None, driver, Box::new(|_| {})));
+        println!(
+            "task {task} B (serve {serve} B, attempt {attempt} B; boxed handshake {open} B), \
+             Driver {} B, Session {} B, Command {} B, Shared {} B",
+            std::mem::size_of::<Driver>(),
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<Command>(),
+            std::mem::size_of::<Shared>(),
+        );
+        assert!(task <= 2048, "the driver task is {task} B");
+    }
 }
