@@ -15,6 +15,7 @@ use crate::core::protocol::queue::SubscriptionQueue;
 use crate::core::protocol::topic::{self, Limits};
 use crate::core::shared::{
     Command, ConnectInfo, EventSink, OutPublish, Reply, Shared, State, StatsSnapshot,
+    SubscribeCommand, UnsubscribeCommand,
 };
 use crate::core::traffic_log::TrafficLog;
 
@@ -256,13 +257,13 @@ impl Client {
         cfg.check_payload(payload.len())?;
         self.check_open()?;
         self.offline_checks(qos == QoS::AtMostOnce)?;
-        self.send_counted(Command::Publish(OutPublish {
+        self.send_counted(Command::Publish(Box::new(OutPublish {
             topic,
             payload,
             qos,
             retain,
             reply,
-        }))
+        })))
     }
 
     /// Validates filters the way `subscribe` does.
@@ -303,12 +304,12 @@ impl Client {
         self.validate_filters(&filters)?;
         self.check_open()?;
         self.offline_checks(false)?;
-        self.send_counted(Command::Subscribe {
+        self.send_counted(Command::Subscribe(Box::new(SubscribeCommand {
             id: queue.id(),
             filters: filters.into_iter().map(|f| (f, qos)).collect(),
             queue,
             reply,
-        })
+        })))
     }
 
     /// Registers a queue that receives every message, whatever the filter. Allowed before
@@ -365,7 +366,10 @@ impl Client {
             topic::validate_filter(f, limits)?;
         }
         self.check_open()?;
-        self.send(Command::Unsubscribe { filters, reply })
+        self.send(Command::Unsubscribe(Box::new(UnsubscribeCommand {
+            filters,
+            reply,
+        })))
     }
 
     /// Sends DISCONNECT, fails queued operations with [`Error::Closed`], ends every

@@ -449,5 +449,7 @@ mod tests {
             std::mem::size_of::<Shared>(),
         );
         assert!(task <= 2048, "the driver task is {task} B");
+        // The command channel allocates 32 slots at once.
+        assert!(std::mem::size_of::<Command>() <= 32);
     }
 }

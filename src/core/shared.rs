@@ -126,26 +126,28 @@ pub struct OutPublish {
     pub reply: Option<Reply<()>>,
 }
 
-/// Work for the driver.
+/// A SUBSCRIBE submitted by the application.
+pub struct SubscribeCommand {
+    pub id: u64,
+    pub filters: Vec<(String, QoS)>,
+    pub queue: Arc<SubscriptionQueue>,
+    pub reply: Reply<Vec<u8>>,
+}
+
+/// An UNSUBSCRIBE submitted by the application.
+pub struct UnsubscribeCommand {
+    pub filters: Vec<String>,
+    pub reply: Reply<()>,
+}
+
+/// Work for the driver. Kept small (the payloads are boxed): the command channel allocates
+/// its slots 32 at a time up front, so every idle client holds 32 × `size_of::<Command>()`.
 pub enum Command {
-    Publish(OutPublish),
-    Subscribe {
-        id: u64,
-        filters: Vec<(String, QoS)>,
-        queue: Arc<SubscriptionQueue>,
-        reply: Reply<Vec<u8>>,
-    },
-    CloseSubscription {
-        id: u64,
-        reply: Option<Reply<()>>,
-    },
-    Unsubscribe {
-        filters: Vec<String>,
-        reply: Reply<()>,
-    },
-    Disconnect {
-        reply: Option<Reply<()>>,
-    },
+    Publish(Box<OutPublish>),
+    Subscribe(Box<SubscribeCommand>),
+    CloseSubscription { id: u64, reply: Option<Reply<()>> },
+    Unsubscribe(Box<UnsubscribeCommand>),
+    Disconnect { reply: Option<Reply<()>> },
 }
 
 /// State shared by the handle and the driver. It holds no channel sender, so dropping every

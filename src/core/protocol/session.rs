@@ -24,7 +24,9 @@ use crate::core::protocol::codec::packet_name;
 use crate::core::protocol::inflight::Inflight;
 use crate::core::protocol::queue::SubscriptionQueue;
 use crate::core::protocol::router::Released;
-use crate::core::shared::{add, Command, OutPublish, Reply, Shared};
+use crate::core::shared::{
+    add, Command, OutPublish, Reply, Shared, SubscribeCommand, UnsubscribeCommand,
+};
 use crate::core::traffic_log::{Direction, Entry, TrafficLog};
 
 /// Stop taking new commands while this many bytes wait to be written.
@@ -409,10 +411,10 @@ impl Session {
                     r(Err(err()));
                 }
             }
-            Command::Subscribe { reply, queue, .. } => {
+            Command::Subscribe(sub) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                queue.close();
-                reply(Err(err()));
+                sub.queue.close();
+                (sub.reply)(Err(err()));
             }
             Command::CloseSubscription { id, reply } => {
                 self.shared.router().remove_offline(id);
@@ -425,7 +427,7 @@ impl Session {
                     r(Ok(()));
                 }
             }
-            Command::Unsubscribe { reply, .. } => reply(Err(err())),
+            Command::Unsubscribe(unsub) => (unsub.reply)(Err(err())),
         }
     }
 
@@ -528,13 +530,14 @@ impl Session {
         let offline = self.cfg().offline_queue;
         let over_limit = !connected && self.outbox.len() >= offline.limit;
         match cmd {
-            Command::Publish(OutPublish {
-                topic,
-                payload,
-                qos,
-                retain,
-                reply,
-            }) => {
+            Command::Publish(publish) => {
+                let OutPublish {
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                    reply,
+                } = *publish;
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 let reply = reply.map_or(OpReply::None, OpReply::Unit);
                 if !connected && qos == QoS::AtMostOnce && !offline.qos0 {
@@ -567,12 +570,13 @@ impl Session {
                 };
                 self.outbox.push_back(Queued::Publish { publish, op });
             }
-            Command::Subscribe {
-                id,
-                filters,
-                queue,
-                reply,
-            } => {
+            Command::Subscribe(sub) => {
+                let SubscribeCommand {
+                    id,
+                    filters,
+                    queue,
+                    reply,
+                } = *sub;
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 if over_limit {
                     queue.close();
@@ -608,7 +612,8 @@ impl Session {
                 let released = self.shared.router().remove(id);
                 self.queue_release(released, reply);
             }
-            Command::Unsubscribe { filters, reply } => {
+            Command::Unsubscribe(unsub) => {
+                let UnsubscribeCommand { filters, reply } = *unsub;
                 let known = self.shared.router().remove_filters(&filters);
                 // Unsubscribe at the broker even for filters we did not know (idempotent).
                 let _ = known;
@@ -1253,13 +1258,13 @@ mod tests {
         let d = Arc::clone(&done);
         s.shared.queued.fetch_add(1, Ordering::Relaxed);
         s.accept(
-            Command::Publish(OutPublish {
+            Command::Publish(Box::new(OutPublish {
                 topic: topic.into(),
                 payload: Bytes::from_static(b"x"),
                 qos,
                 retain: false,
                 reply: Some(Box::new(move |r| d.lock().unwrap().push(r))),
-            }),
+            })),
             connected,
         );
         done
@@ -1270,12 +1275,12 @@ mod tests {
             SubscriptionQueue::new(7, capacity, Arc::new(NoWake), Arc::clone(&s.shared.space));
         s.shared.queued.fetch_add(1, Ordering::Relaxed);
         s.accept(
-            Command::Subscribe {
+            Command::Subscribe(Box::new(SubscribeCommand {
                 id: 7,
                 filters: vec![(filter.into(), QoS::AtLeastOnce)],
                 queue: Arc::clone(&queue),
                 reply: Box::new(|_| {}),
-            },
+            })),
             true,
         );
         queue
