@@ -185,17 +185,19 @@ async def connect(
     timeout: float = 10.0,
     ssl: Any = None,
     write_buffer_high: int = 4 * 1024 * 1024,
+    factory: Callable[[OnPublish | None], RawProtocol] = RawProtocol,
+    keep_alive: int = 0,
 ) -> RawProtocol:
     """Opens a TCP connection to the broker on 127.0.0.1 (TLS when ``ssl`` is an
     ``ssl.SSLContext``) and completes the MQTT handshake."""
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: RawProtocol(on_publish), HOST, port, ssl=ssl), timeout
+        loop.create_connection(lambda: factory(on_publish), HOST, port, ssl=ssl), timeout
     )
     assert proto.transport is not None
     # Large write buffer so bursts are queued in user space rather than pausing every write.
     proto.transport.set_write_buffer_limits(high=write_buffer_high)
-    proto.transport.write(packets.connect(client_id, keep_alive=0))
+    proto.transport.write(packets.connect(client_id, keep_alive=keep_alive))
     code = await asyncio.wait_for(proto.connack, timeout)
     if code != 0:
         raise ConnectionError(f"CONNACK refused with return code {code}")

@@ -23,7 +23,8 @@ Summary = dict[str, dict[str, dict[str, Any]]]
 #: the summary.
 _MEDIAN_EXTRAS = ("submit_msg_per_s", "queue_full_retries", "p50_us", "p90_us", "p99_us",
                   "max_us", "mean_us", "switches_per_rt", "kib_per_conn", "rss0_kib", "rss1_kib", "arrived",
-                  "deliver_s", "close_s", "threads", "broker_nofile")
+                  "deliver_s", "close_s", "threads", "broker_nofile", "p50_ms", "p99_ms",
+                  "max_ms", "sent", "acked", "cpu_s", "connect_s")
 
 
 def summarize(runs: list[Run], scenarios: tuple[Scenario, ...]) -> Summary:
@@ -281,6 +282,33 @@ def _scale_table(summary: Summary, scenarios: tuple[Scenario, ...], lines: list[
     return True
 
 
+def _fleet_table(summary: Summary, scenarios: tuple[Scenario, ...], lines: list[str]) -> bool:
+    sc = next((sc for sc in scenarios if sc.kind == "fleet" and sc.name in summary), None)
+    if sc is None:
+        return False
+    row = summary[sc.name]
+    lines.append("| client | connections | published (min acked of runs) | CPU s | CPU µs/msg | "
+                 "PUBACK p50 ms | PUBACK p99 ms | PUBACK max ms | RSS after connect, MiB | "
+                 "CPU vs raw | CPU vs gmqtt |")
+    lines.append("|" + "---|" * 11)
+    raw, gm = row.get("raw", {}), row.get("gmqtt", {})
+    for client, s in row.items():
+        if "us_cpu_per_msg" not in s:
+            err = (s["errors"][0].splitlines()[0] if s["errors"] else "failed")[:120]
+            lines.append(f"| {client} | failed: {err} | | | | | | | | | |")
+            continue
+        mine = s["us_cpu_per_msg"]
+        lines.append(
+            f"| {client} | {sc.count:,} | {s['messages']:,} ({s['min_count']:,}) | "
+            f"{_fmt_num(s.get('cpu_s'), 2)} | {_fmt_num(mine, 1)} | "
+            f"{_fmt_num(s.get('p50_ms'), 2)} | {_fmt_num(s.get('p99_ms'), 2)} | "
+            f"{_fmt_num(s.get('max_ms'), 1)} | {_fmt_num((s.get('rss1_kib') or 0) / 1024, 0)} | "
+            f"{_fmt_ratio(_ratio(mine, raw.get('us_cpu_per_msg')))} | "
+            f"{_fmt_ratio(_ratio(mine, gm.get('us_cpu_per_msg')))} |")
+    lines.append("")
+    return True
+
+
 def targets(summary: Summary, scenarios: tuple[Scenario, ...]) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) for the project's performance targets; met is None when
     not measured."""
@@ -333,6 +361,19 @@ def targets(summary: Summary, scenarios: tuple[Scenario, ...]) -> list[tuple[str
         out.append((f"{big.count:,} connections: every one receives its message",
                     f"{d:,}/{big.count:,} (min of runs)" if d is not None else "not measured",
                     None if d is None else d >= big.count))
+    fleet = next((sc for sc in scenarios if sc.kind == "fleet"
+                  and "awsiot_rs" in summary.get(sc.name, {})), None)
+    if fleet is not None:
+        s = summary[fleet.name]["awsiot_rs"]
+        ratio_target(f"fleet ({fleet.count:,} connections): CPU ≤ 1.0× raw", fleet.name, "raw",
+                     "us_cpu_per_msg", 1.0, False)
+        p99 = s.get("p99_ms")
+        out.append((f"fleet ({fleet.count:,} connections): PUBACK p99 ≤ 20 ms",
+                    f"{_fmt_num(p99, 2)} ms" if p99 is not None else "not measured",
+                    None if p99 is None else p99 <= 20.0))
+        out.append((f"fleet ({fleet.count:,} connections): every publish acknowledged",
+                    f"{s['min_count']:,}/{s['messages']:,} (min of runs)",
+                    s["min_count"] >= s["messages"]))
     return out
 
 
@@ -366,6 +407,15 @@ def markdown(summary: Summary, meta: dict[str, Any], scenarios: tuple[Scenario, 
                   "CPU of the whole connect + subscribe phase; RSS growth (`VmRSS`) over it "
                   "divided by K.", ""]
         _scale_table(summary, scenarios, lines)
+    if any(sc.kind == "fleet" and sc.name in summary for sc in scenarios):
+        lines += ["### Fleet simulation", "",
+                  f"{meta.get('fleet_count', 0):,} connections in one process, each subscribed "
+                  "to its own command topic (QoS 1) and publishing one 64 B QoS 1 message per "
+                  f"second, staggered over the second, for {meta.get('fleet_duration')} s. CPU "
+                  "of the client process over the publishing phase (and the wait for the last "
+                  "PUBACKs) per message; PUBACK latency from the publish call to the "
+                  "acknowledgement reaching the application.", ""]
+        _fleet_table(summary, scenarios, lines)
     lines += local_core.markdown_lines(summary, meta, scenarios)
     tg = targets(summary, scenarios)
     if any(met is not None for _, _, met in tg):

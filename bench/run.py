@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -83,7 +84,7 @@ class Bench:
         self.work_dir = work_dir
         self.helper_core, self.client_core = helper_core, client_core
         self.pki = pki
-        self.nofile = args.scale_max + 1024
+        self.nofile = max(args.scale_max, args.fleet_count) + 1024
         self.broker = self._new_broker()
         self.children: list[Child] = []
         self.seq = 0
@@ -123,6 +124,8 @@ class Bench:
             return int(self.args.round_trips)
         if sc.kind == "scale":
             return sc.count
+        if sc.kind == "fleet":
+            return sc.count * int(self.args.fleet_duration)
         if sc.payload is not None:
             return int(self.args.big_messages)
         return int(self.args.messages)
@@ -158,7 +161,7 @@ class Bench:
         opts = {"messages": self.messages(sc), "payload": self.payload(sc),
                 "timeout": self.args.timeout, **self.tls_opts(sc), **opts}
         return self._spawn(f"{client}-{sc.name}", client, scenario, self.client_core,
-                           nofile=self.nofile if sc.kind == "scale" else 0, topic=topic,
+                           nofile=self.nofile if sc.kind in ("scale", "fleet") else 0, topic=topic,
                            **opts)
 
     def native_recv(self, sc: Scenario, topic: str) -> Child:
@@ -197,7 +200,8 @@ class Bench:
             if not self.broker.running:
                 raise ChildError("the broker is not running")
             {"pub_qos0": self._pub_qos0, "pub_qos1": self._pub_qos1, "recv": self._recv,
-             "latency": self._latency, "scale": self._scale}[sc.kind](sc, client, topic, run)
+             "latency": self._latency, "scale": self._scale,
+             "fleet": self._fleet}[sc.kind](sc, client, topic, run)
         except ChildError as e:
             run.error = str(e)
         finally:
@@ -386,6 +390,29 @@ class Bench:
             note = f"; the library received {arrived}" if arrived is not None else ""
             run.error = f"delivered {res.get('delivered')} of {k} messages to the application{note}"
 
+    def _fleet(self, sc: Scenario, client: str, topic: str, run: Run) -> None:
+        """The worker alone: opens K connections (each subscribed to its command topic), then
+        each publishes one QoS 1 message per second (staggered) for ``--fleet-duration`` s;
+        CPU over the publishing phase, PUBACK latency percentiles."""
+        k, d = sc.count, int(self.args.fleet_duration)
+        connect_timeout = max(self.args.timeout, 120.0)
+        w = self.worker(client, sc, topic, count=k, duration=d, payload=64,
+                        concurrency=self.args.scale_concurrency, timeout=connect_timeout)
+        w.expect("ready", connect_timeout + 60)
+        res = w.expect("result", d + 90)
+        w.close(timeout=60)
+        run.count = res.get("acked", 0)
+        run.seconds = res.get("seconds", 0.0)
+        run.cpu_s = res.get("cpu_s", 0.0)
+        run.us_cpu_per_msg = run.cpu_s / max(res.get("sent") or 1, 1) * 1e6
+        run.extra = {key: res.get(key) for key in (
+            "sent", "acked", "failed", "cpu_s", "p50_ms", "p99_ms", "max_ms", "connect_s", "rss0_kib",
+            "rss1_kib", "rss2_kib", "schedule_late_max_ms", "close_error", "affinity")}
+        if res.get("error"):
+            run.error = res["error"]
+        elif run.count < run.messages:
+            run.error = f"{run.count} of {run.messages} publishes acknowledged"
+
 
 # -- main ---------------------------------------------------------------------------------------
 
@@ -408,6 +435,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale-max", type=int, default=None,
                    help="scale: largest K (connections); rows are 1000, 10000 and this K "
                         "(default 10000, 1000 with --quick)")
+    p.add_argument("--fleet-count", type=int, default=None,
+                   help="fleet: connections (default 10000, 1000 with --quick)")
+    p.add_argument("--fleet-duration", type=int, default=None,
+                   help="fleet: seconds of publishing (default 60, 15 with --quick)")
     p.add_argument("--scale-concurrency", type=int, default=100,
                    help="scale: connection attempts in progress at once (mosquitto's listen "
                         "backlog is 100)")
@@ -452,6 +483,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         a.big_messages = 2_000 if a.quick else 5_000
     if a.scale_max is None:
         a.scale_max = 1_000 if a.quick else 10_000
+    if a.fleet_count is None:
+        a.fleet_count = 1_000 if a.quick else 10_000
+    if a.fleet_duration is None:
+        a.fleet_duration = 15 if a.quick else 60
     if min(a.messages, a.big_messages, a.round_trips, a.repeat, a.scale_max,
            a.scale_concurrency, a.local_connections, a.local_starts) < 1 or a.payload < 0 \
             or a.warmup < 0 or a.local_warm < 0:
@@ -509,7 +544,8 @@ def main(argv: list[str]) -> int:
     except MosquittoError as e:
         print(e, file=sys.stderr)
         return 2
-    scenarios = scenarios_for(args.scale_max)
+    scenarios = tuple(replace(sc, count=args.fleet_count) if sc.kind == "fleet" else sc
+                      for sc in scenarios_for(args.scale_max))
     local_rows = local_core.scenarios(args.local_connections)
     only_sc = set(args.scenarios.split(",")) if args.scenarios else None
     only_cl = set(args.clients.split(",")) if args.clients else None
@@ -573,6 +609,8 @@ def main(argv: list[str]) -> int:
         "warmup": args.warmup,
         "scale_max": args.scale_max,
         "scale_concurrency": args.scale_concurrency,
+        "fleet_count": args.fleet_count,
+        "fleet_duration": args.fleet_duration,
         "repeat": args.repeat,
         "window": args.window,
         "inflight": args.inflight,

@@ -18,7 +18,8 @@ class Scenario:
     """One row of a result table."""
 
     name: str
-    #: Which runner drives it: "pub_qos0" | "pub_qos1" | "recv" | "latency" | "scale".
+    #: Which runner drives it: "pub_qos0" | "pub_qos1" | "recv" | "latency" | "scale" |
+    #: "fleet".
     kind: str
     clients: tuple[str, ...]
     description: str
@@ -78,6 +79,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("scale_1k", "scale", ("awsiot_rs", "raw", "gmqtt"),
              "1 000 connections in one process, each subscribed to its own topic",
              worker="scale", count=1000, group="scale"),
+    Scenario("fleet", "fleet", ("awsiot_rs", "gmqtt", "raw"),
+             "K connections in one process, each subscribed to its own command topic (QoS 1) "
+             "and publishing one QoS 1 message per second, staggered over the second, for D s "
+             "(`--fleet-count`, `--fleet-duration`)", count=10000),
     Scenario("scale_10k", "scale", ("awsiot_rs", "raw", "gmqtt"),
              "10 000 connections in one process, each subscribed to its own topic",
              worker="scale", count=10000, group="scale"),

@@ -146,7 +146,8 @@ class Ctx:
     cert: str | None = None
     key: str | None = None
     warmup: int = 100  # ``latency``: round trips before the measured ones
-    count: int = 1000  # ``scale``: connections
+    count: int = 1000  # ``scale``, ``fleet``: connections
+    duration: int = 15  # ``fleet``: seconds of publishing
     concurrency: int = 100  # ``scale``: connection attempts in progress at once
 
     def ssl_context(self) -> Any:
@@ -1182,6 +1183,260 @@ async def gmqtt_scale(ctx: Ctx) -> dict[str, Any]:
     return await run_scale(ctx, open_one, close_all)
 
 
+# -- fleet: many connections publishing QoS 1 once per second ---------------------------------
+
+
+class FleetAcks:
+    """PUBACK latencies of the ``fleet`` scenario (seconds from the publish call to its
+    acknowledgement reaching the application)."""
+
+    def __init__(self) -> None:
+        import array
+
+        self.sent = 0
+        self.acked = 0
+        self.failed = 0
+        self.samples = array.array("d")
+
+    def ack(self, t_sent: float) -> None:
+        self.acked += 1
+        self.samples.append(now() - t_sent)
+
+
+async def run_fleet(
+    ctx: Ctx,
+    open_one: Callable[[int], Any],
+    fire: Callable[[int, FleetAcks], None],
+    close_all: Callable[[], Any],
+) -> dict[str, Any]:
+    """Opens ``--count`` connections (``await open_one(i)``: connect, subscribe to
+    ``<topic>/cmd/<i>``), at most ``--concurrency`` at a time; then, for ``--duration`` s,
+    connection i publishes one QoS 1 message (``fire(i, acks)``: starts it without waiting)
+    at i/K of every second (staggered); then waits up to 10 s for the last PUBACKs. CPU
+    covers the publishing phase and that wait."""
+    raise_nofile()
+    k = ctx.count
+    sem = asyncio.Semaphore(max(1, ctx.concurrency))
+
+    async def one(i: int) -> None:
+        async with sem:
+            await open_one(i)
+
+    rss0 = rss_kib()
+    t0 = now()
+    error = None
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(k))), ctx.timeout)
+    except Exception as e:  # noqa: BLE001
+        error = f"connect: {type(e).__name__}: {e}"
+    connect_s = now() - t0
+    rss1 = rss_kib()
+    emit("ready")
+    acks = FleetAcks()
+    late_max = 0.0
+    if error is None:
+        await asyncio.sleep(0.5)
+        start, c0 = now(), cpu()
+        duration = ctx.duration
+        total = k * duration
+        step = 1.0 / k
+        n = 0
+        while n < total:
+            t = now()
+            due = start + (n // k) + (n % k) * step
+            if due > t:
+                await asyncio.sleep(due - t)
+                continue
+            # Everything due now (a scheduler tick serves several connections).
+            while n < total:
+                due = start + (n // k) + (n % k) * step
+                if due > t:
+                    break
+                late_max = max(late_max, t - due)
+                fire(n % k, acks)
+                acks.sent += 1
+                n += 1
+        t_sent = now()
+        while acks.acked + acks.failed < acks.sent and now() - t_sent < 10:
+            await asyncio.sleep(0.01)
+        t1, c1 = now(), cpu()
+    else:
+        start = t1 = c0 = c1 = 0.0
+    samples = sorted(acks.samples)
+
+    def pct(q: float) -> float | None:
+        if not samples:
+            return None
+        return samples[min(len(samples) - 1, int(q * len(samples)))] * 1e3
+
+    result: dict[str, Any] = {
+        "count": k, "duration": ctx.duration, "sent": acks.sent, "acked": acks.acked,
+        "failed": acks.failed, "seconds": t1 - start, "cpu_s": c1 - c0,
+        "connect_s": connect_s, "rss0_kib": rss0, "rss1_kib": rss1, "rss2_kib": rss_kib(),
+        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+        "schedule_late_max_ms": late_max * 1e3, "error": error,
+    }
+    try:
+        await asyncio.wait_for(close_all(), 60)
+    except Exception as e:  # noqa: BLE001
+        result["close_error"] = f"{type(e).__name__}: {e}"
+    return result
+
+
+@worker("awsiot_rs", "fleet")
+async def awsiot_fleet(ctx: Ctx) -> dict[str, Any]:
+    """``Client`` per device; ``subscribe(cmd_i, qos=1, callback=...)``; each second
+    ``client.publish(tele_i, qos=1)`` (the returned future, completed at PUBACK, gets a done
+    callback: no task per publish)."""
+    import awsiot_rs
+
+    clients: list[Any] = []
+    payload = ctx.payload
+    topics = [f"{ctx.topic}/tele/{i}" for i in range(ctx.count)]
+
+    def on_command(m: Any) -> None:
+        pass
+
+    async def open_one(i: int) -> None:
+        c = awsiot_rs.Client(HOST, port=ctx.port, tls=False, limits="mqtt",
+                             client_id=f"{ctx.client_id}-{i}", keep_alive=60)
+        clients.append(c)
+        await c.connect()
+        await c.subscribe(f"{ctx.topic}/cmd/{i}", qos=1, callback=on_command)
+
+    def fire(i: int, acks: FleetAcks) -> None:
+        t = now()
+
+        def done(f: Any) -> None:
+            if f.cancelled() or f.exception() is not None:
+                acks.failed += 1
+            else:
+                acks.ack(t)
+
+        fut = asyncio.ensure_future(clients[i].publish(topics[i], payload, qos=1))
+        fut.add_done_callback(done)
+
+    async def close_all() -> None:
+        await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
+
+    return await run_fleet(ctx, open_one, fire, close_all)
+
+
+@worker("gmqtt", "fleet")
+async def gmqtt_fleet(ctx: Ctx) -> dict[str, Any]:
+    """``gmqtt.Client`` per device; ``subscribe(cmd_i, qos=1)``; each second
+    ``publish(tele_i, qos=1)``; the PUBACK is seen where gmqtt drops the message from its
+    in-flight storage (``remove_message_by_mid``)."""
+    import gmqtt
+    from gmqtt.mqtt.constants import MQTTv311
+    from gmqtt.storage import PersistentStorage
+
+    clients: list[Any] = []
+    loop = asyncio.get_running_loop()
+    payload = ctx.payload
+    topics = [f"{ctx.topic}/tele/{i}" for i in range(ctx.count)]
+    acks_ref: list[FleetAcks] = []
+
+    class Timed(PersistentStorage):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent_at: dict[int, float] = {}
+
+        def push_message(self, mid: Any, raw_package: Any) -> None:
+            self.sent_at[mid] = now()
+            super().push_message(mid, raw_package)
+
+        def remove_message_by_mid(self, mid: Any) -> None:
+            t = self.sent_at.pop(mid, None)
+            super().remove_message_by_mid(mid)
+            if t is not None and acks_ref:
+                acks_ref[0].ack(t)
+
+    def handler(client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
+        return 0
+
+    async def open_one(i: int) -> None:
+        c = gmqtt.Client(f"{ctx.client_id}-{i}", persistent_storage=Timed())
+        c.on_message = handler
+        clients.append(c)
+        await c.connect(HOST, ctx.port, keepalive=60, version=MQTTv311)
+        subscribed: asyncio.Future[None] = loop.create_future()
+        c.on_subscribe = lambda cl, mid, qos, props: resolve(subscribed)
+        c.subscribe(f"{ctx.topic}/cmd/{i}", qos=1)
+        await subscribed
+
+    def fire(i: int, acks: FleetAcks) -> None:
+        if not acks_ref:
+            acks_ref.append(acks)
+        clients[i].publish(topics[i], payload, qos=1)
+
+    async def close_all() -> None:
+        await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
+
+    return await run_fleet(ctx, open_one, fire, close_all)
+
+
+@worker("raw", "fleet")
+async def raw_fleet(ctx: Ctx) -> dict[str, Any]:
+    """``mqttraw`` per device (CONNECT with keep-alive 60 and a PINGREQ timer, SUBSCRIBE
+    QoS 1); each second one pre-encoded QoS 1 PUBLISH; PUBACKs matched in order."""
+    import collections
+
+    import mqttraw
+    from support import packets
+
+    protos: list[Any] = []
+    acks_ref: list[FleetAcks] = []
+    loop = asyncio.get_running_loop()
+    payload = ctx.payload
+    pingreq = packets.pingreq()
+
+    class Fleet(mqttraw.RawProtocol):
+        def __init__(self, on_publish: Any = None) -> None:
+            super().__init__(on_publish)
+            self.pending: collections.deque[float] = collections.deque()
+            self.pkid = 0
+
+        def data_received(self, data: bytes) -> None:
+            before = self.pubacks
+            super().data_received(data)
+            for _ in range(self.pubacks - before):
+                if self.pending and acks_ref:
+                    acks_ref[0].ack(self.pending.popleft())
+
+    heads: list[bytes] = []
+
+    def keep_alive() -> None:
+        for p in protos:
+            if p.transport is not None and not p.transport.is_closing():
+                p.transport.write(pingreq)
+        loop.call_later(60, keep_alive)
+
+    async def open_one(i: int) -> None:
+        proto = await mqttraw.connect(ctx.port, f"{ctx.client_id}-{i}", factory=Fleet,
+                                      write_buffer_high=64 * 1024, keep_alive=60)
+        protos.append(proto)
+        head, _ = mqttraw.publish_qos1_parts(f"{ctx.topic}/tele/{i}", payload)
+        heads.append(head)
+        await mqttraw.subscribe(proto, f"{ctx.topic}/cmd/{i}", 1)
+
+    ids = mqttraw.PACKET_IDS
+
+    def fire(i: int, acks: FleetAcks) -> None:
+        if not acks_ref:
+            acks_ref.append(acks)
+            loop.call_later(60, keep_alive)
+        p = protos[i]
+        p.pkid = p.pkid % 65535 + 1
+        p.pending.append(now())
+        p.transport.write(heads[i] + ids[p.pkid] + payload)
+
+    async def close_all() -> None:
+        await asyncio.gather(*(p.disconnect() for p in protos))
+
+    return await run_fleet(ctx, open_one, fire, close_all)
+
+
 # -- helpers (not measured clients) ---------------------------------------------------------
 
 
@@ -1302,7 +1557,8 @@ def parse_args(argv: list[str]) -> tuple[Ctx, int | None]:
     p.add_argument("--cert", default=None, help="mTLS: client certificate (PEM)")
     p.add_argument("--key", default=None, help="mTLS: client key (PEM)")
     p.add_argument("--warmup", type=int, default=100, help="latency: unmeasured round trips")
-    p.add_argument("--count", type=int, default=1000, help="scale: connections")
+    p.add_argument("--count", type=int, default=1000, help="scale, fleet: connections")
+    p.add_argument("--duration", type=int, default=15, help="fleet: seconds of publishing")
     p.add_argument("--concurrency", type=int, default=100,
                    help="scale: connection attempts in progress at once")
     a = p.parse_args(argv)
@@ -1324,6 +1580,7 @@ def parse_args(argv: list[str]) -> tuple[Ctx, int | None]:
         key=a.key,
         warmup=a.warmup,
         count=a.count,
+        duration=a.duration,
         concurrency=a.concurrency,
     )
     return ctx, a.core
