@@ -59,6 +59,12 @@ def flush_logs() -> None:
             logger.log(level, "%s", message, extra={"rust_target": target})
 
 
+class _Source(Protocol):
+    """What the dispatcher wakes when a subscription's queue has messages."""
+
+    def _on_ready(self) -> None: ...
+
+
 class Dispatcher:
     """Owns the loop's native notifier and routes what it reports.
 
@@ -80,7 +86,8 @@ class Dispatcher:
         self.loop = loop
         native = _native.Notifier()
         self._futures: dict[int, asyncio.Future[Any]] = {}
-        self._sources: dict[int, weakref.WeakMethod[Callable[[], None]]] = {}
+        # Weak: an entry goes away by itself when its subscription object dies unclosed.
+        self._sources: weakref.WeakValueDictionary[int, _Source] = weakref.WeakValueDictionary()
         self._clients: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._backlog: deque[tuple[Any, ...]] = deque()
         self._continuation: asyncio.Handle | None = None
@@ -140,17 +147,11 @@ class Dispatcher:
             raise
         return result, fut
 
-    def add_source(self, source: int, on_ready: Callable[[], None]) -> None:
-        """Calls ``on_ready()`` when subscription ``source`` has messages (weakly held: the
-        entry goes away by itself when the subscription object dies unclosed)."""
-        this = weakref.ref(self)
-
-        def forget(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
-            d = this()
-            if d is not None and d._sources.get(source) is ref:
-                d._sources.pop(source, None)
-
-        self._sources[source] = weakref.WeakMethod(on_ready, forget)
+    def add_source(self, source: int, target: _Source) -> None:
+        """Calls ``target._on_ready()`` when subscription ``source`` has messages (``target``
+        weakly held: the entry goes away by itself when the subscription object dies
+        unclosed; one small weak reference per subscription, no closure)."""
+        self._sources[source] = target
 
     def remove_source(self, source: int) -> None:
         """Stops reporting ``source``."""
@@ -225,11 +226,10 @@ class Dispatcher:
             self._complete(item[1])
         elif kind == "ready":
             _, source = item
-            ref = self._sources.get(source)
-            callback = ref() if ref is not None else None
-            if callback is not None:
+            target = self._sources.get(source)
+            if target is not None:
                 try:
-                    callback()
+                    target._on_ready()
                 except Exception:  # pragma: no cover - callbacks guard themselves
                     logger.exception("awsiot_rs: subscription wake-up failed")
         elif kind == "op":

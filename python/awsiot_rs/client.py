@@ -163,8 +163,9 @@ class Client:
         self._on_disconnect = on_disconnect
         self._dispatcher: Dispatcher | None = None
         self._client_token = 0
-        self._subscriptions: set[Subscription] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Made on first use: most clients never hold either (432 B per client saved).
+        self._subscriptions: set[Subscription] | None = None
+        self._tasks: set[asyncio.Task[Any]] | None = None
         self._entered = False
         self._qos0_count = 0
         flush_logs()
@@ -408,11 +409,13 @@ class Client:
         ref, fut = d.call_with_result(self._native.subscribe, filters, qos, queue_size)
         sub = Subscription(self, ref, d, filters, callback, queue_size)
         if callback is not None:
+            if self._subscriptions is None:
+                self._subscriptions = set()
             self._subscriptions.add(sub)  # the client keeps callback subscriptions alive
         try:
             granted = await fut
         except BaseException:
-            self._subscriptions.discard(sub)
+            self._forget(sub)
             sub.close_nowait()
             raise
         sub._granted = list(granted)
@@ -481,7 +484,18 @@ class Client:
         return Jobs(Requester(self._request, self.subscribe), thing_name)
 
     def _forget(self, sub: Subscription) -> None:
-        self._subscriptions.discard(sub)
+        if self._subscriptions is not None:
+            self._subscriptions.discard(sub)
+
+    def _keep_task(self, task: asyncio.Task[Any]) -> None:
+        """Holds a task the client started until it ends (the loop keeps only weak ones)."""
+        if self._tasks is None:
+            self._tasks = set()
+        self._tasks.add(task)
+
+    def _drop_task(self, task: asyncio.Task[Any]) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
 
     # -- lifecycle events -------------------------------------------------------------------
 
@@ -508,8 +522,8 @@ class Client:
                 _native.fail_credentials(request, f"the credentials provider raised {type(e).__name__}: {e}")
 
         task = asyncio.ensure_future(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._keep_task(task)
+        task.add_done_callback(self._drop_task)
 
     def _on_lifecycle(self, event: ConnectEvent | DisconnectEvent) -> None:
         """Runs ``on_connect`` / ``on_disconnect`` for ``event`` (from the dispatcher)."""
@@ -520,13 +534,13 @@ class Client:
             result = callback(event)
             if inspect.isawaitable(result):
                 task = asyncio.ensure_future(result)
-                self._tasks.add(task)
+                self._keep_task(task)
                 task.add_done_callback(self._lifecycle_done)
         except Exception:
             logger.exception("awsiot_rs: lifecycle callback raised")
 
     def _lifecycle_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        self._drop_task(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("awsiot_rs: lifecycle callback raised", exc_info=task.exception())
 

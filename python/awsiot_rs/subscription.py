@@ -26,6 +26,7 @@ Callback = Callable[["Message"], Union[None, Awaitable[None]]]
 _BATCH = 512
 
 
+_NO_MESSAGES: deque[Any] = deque(maxlen=0)  # the shared empty buffer of idle subscriptions
 _OPEN, _PAUSED, _CLOSED = 0, 1, 2
 
 #: A row of :func:`html_table` whose value is this is a section heading.
@@ -94,7 +95,9 @@ class Subscription:
         self._filters = topic_filters
         self._granted: list[int] = []
         self._callback = callback
-        self._buffer: deque[Message] = deque()
+        # An idle subscription shares one empty buffer (760 B saved per subscription); the first
+        # batch replaces it with its own deque (never appended to: maxlen 0 would drop items).
+        self._buffer: deque[Message] = _NO_MESSAGES
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self._error_raised = False
@@ -106,7 +109,7 @@ class Subscription:
         #: then reports its next message (or its pause or end) through the notifier
         #: (``_on_ready``), so looking again before that would only take an empty batch.
         self._maybe_more = True
-        dispatcher.add_source(ref.id, self._on_ready)
+        dispatcher.add_source(ref.id, self)
 
     @property
     def topic_filters(self) -> list[str]:
@@ -145,7 +148,10 @@ class Subscription:
         # A short batch from an open queue emptied it, which re-armed its wake-up.
         self._maybe_more = state != _OPEN or len(messages) >= self._batch
         if messages:
-            self._buffer.extend(messages)
+            if self._buffer is _NO_MESSAGES:
+                self._buffer = deque(messages)
+            else:
+                self._buffer.extend(messages)
             return _OPEN
         if state == _CLOSED:
             self._finish()
