@@ -860,3 +860,49 @@ async fn a_will_is_held_to_the_rules_of_a_publish() {
     assert_eq!(code, 0);
     core.stop().await;
 }
+
+#[tokio::test]
+async fn a_retained_message_queued_behind_a_full_in_flight_window_keeps_its_retain_flag() {
+    let core = core().await;
+    let id = core.register_thing("t", serde_json::Map::new()).unwrap();
+    let (mut publisher, _) = connect(&core, &id, "pub", true).await;
+    publish(&mut publisher, "state/lamp", b"on", QoS::AtLeastOnce, true).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    let (mut sub, _) = connect(&core, &id, "sub", true).await;
+    subscribe(&mut sub, &[("load/#", QoS::AtLeastOnce)]).await;
+    // 100 QoS 1 messages the subscriber does not acknowledge: AWS's in-flight window is full.
+    for i in 0..100 {
+        publish(
+            &mut publisher,
+            &format!("load/{i}"),
+            b"x",
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    }
+    let mut unacked = Vec::new();
+    while unacked.len() < 100 {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => unacked.push(p.pkid),
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    // Now the retained message for a new exact subscription has to wait for room.
+    let filters = vec![SubscribeFilter::new(
+        "state/lamp".to_owned(),
+        QoS::AtLeastOnce,
+    )];
+    sub.send(Packet::Subscribe(Subscribe { pkid: 9, filters }))
+        .await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    sub.send(Packet::PubAck(PubAck::new(unacked[0]))).await;
+    let retained = next_publish(&mut sub).await;
+    assert_eq!(retained.topic, "state/lamp");
+    assert!(
+        retained.retain,
+        "the retained message lost its RETAIN flag while it waited"
+    );
+    core.stop().await;
+}

@@ -100,8 +100,8 @@ struct Session {
     expires: Option<Instant>,
     /// QoS 1 messages written and not yet acknowledged, by packet id.
     inflight: HashMap<u16, Arc<Message>>,
-    /// QoS 1 messages waiting for room in `inflight`.
-    waiting: VecDeque<Arc<Message>>,
+    /// QoS 1 messages waiting for room in `inflight`, with their RETAIN flag.
+    waiting: VecDeque<(Arc<Message>, bool)>,
     next_pkid: u16,
     out: BytesMut,
 }
@@ -418,7 +418,7 @@ impl Session {
                 self.waiting.pop_front();
                 self.shared.broker.count_dropped();
             }
-            self.waiting.push_back(message);
+            self.waiting.push_back((message, retain));
             return;
         }
         let pkid = self.alloc_pkid();
@@ -584,8 +584,8 @@ impl Session {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(ack) => {
                 if self.inflight.remove(&ack.pkid).is_some() {
-                    if let Some(next) = self.waiting.pop_front() {
-                        self.deliver(next, QoS::AtLeastOnce, false);
+                    if let Some((next, retain)) = self.waiting.pop_front() {
+                        self.deliver(next, QoS::AtLeastOnce, retain);
                     }
                 }
                 None
@@ -743,7 +743,7 @@ impl Session {
             v.sort_by_key(|(id, _)| *id);
             v.into_iter().map(|(_, m)| m).collect()
         };
-        unacked.extend(self.waiting.drain(..));
+        unacked.extend(self.waiting.drain(..).map(|(m, _)| m));
         while let Ok(m) = rx.try_recv() {
             if let ToConnection::Publish {
                 message,
