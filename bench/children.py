@@ -151,9 +151,11 @@ class Child:
         self._log.close()
 
     def kill(self) -> None:
+        """Kills the process group (if it still runs) and closes the log."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=5)
+        self._log.close()

@@ -266,10 +266,6 @@ class LocalBench:
     def cleanup(self) -> None:
         for child in self.children:
             child.kill()
-            try:
-                child._log.close()
-            except OSError:
-                pass
         self.children.clear()
 
     # brokers

@@ -185,10 +185,6 @@ class Bench:
     def cleanup(self) -> None:
         for child in self.children:
             child.kill()
-            try:
-                child._log.close()
-            except OSError:
-                pass
         self.children.clear()
 
     # runners: each fills a Run or raises ChildError
