@@ -8,7 +8,7 @@
     clippy::indexing_slicing
 )]
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use _native::core::net::stream::{ConnectFuture, Stream};
 use _native::core::{
     Client, ClientConfig, ClientEvent, Connector, DisconnectReason, EventSink, Limits, QoS,
-    ReconnectConfig, Reply, SubscriptionQueue, Transport, Wake,
+    ReconnectConfig, Reply, State, SubscriptionQueue, Transport, Wake,
 };
 
 /// Hands the server half of each new in-memory connection to the test; refuses when asked.
@@ -53,10 +53,17 @@ impl Connector for Pipe {
     }
 }
 
+/// Records each event, and the client's state as a handler of that event would see it.
 #[derive(Default)]
-struct Events(Mutex<Vec<(Instant, ClientEvent)>>);
+struct Events(
+    Mutex<Vec<(Instant, ClientEvent)>>,
+    OnceLock<Weak<Client>>,
+    Mutex<Vec<Option<State>>>,
+);
 impl EventSink for Events {
     fn event(&self, event: ClientEvent) {
+        let state = self.1.get().and_then(Weak::upgrade).map(|c| c.state());
+        self.2.lock().unwrap().push(state);
         self.0.lock().unwrap().push((Instant::now(), event));
     }
 }
@@ -109,7 +116,7 @@ impl Peer {
 }
 
 struct Harness {
-    client: Client,
+    client: Arc<Client>,
     events: Arc<Events>,
     accepted: mpsc::UnboundedReceiver<DuplexStream>,
     refuse: Arc<Mutex<bool>>,
@@ -146,7 +153,9 @@ fn harness_with_buffer(buffer: usize, configure: impl FnOnce(&mut ClientConfig))
     });
     configure(&mut cfg);
     let events = Arc::new(Events::default());
-    let client = Client::new(cfg, tokio::runtime::Handle::current(), events.clone()).unwrap();
+    let client =
+        Arc::new(Client::new(cfg, tokio::runtime::Handle::current(), events.clone()).unwrap());
+    events.1.set(Arc::downgrade(&client)).unwrap();
     Harness {
         client,
         events,
@@ -495,4 +504,43 @@ async fn inbound_bytes_count_as_liveness_while_a_pingresp_is_awaited() {
     assert!(!events
         .iter()
         .any(|(_, e)| matches!(e, ClientEvent::Disconnected { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_connection_is_no_longer_connected_when_its_disconnected_event_is_reported() {
+    for reconnect in [false, true] {
+        let mut h = harness(|c| {
+            if !reconnect {
+                c.reconnect = None;
+            }
+        });
+        let peer = connect(&mut h, false).await;
+        drop(peer);
+        while !h
+            .events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::Disconnected { .. }))
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let events = h.events.0.lock().unwrap();
+        let states = h.events.2.lock().unwrap();
+        let at = events
+            .iter()
+            .position(|(_, e)| matches!(e, ClientEvent::Disconnected { .. }))
+            .unwrap();
+        let expected = if reconnect {
+            State::Reconnecting
+        } else {
+            State::Closing
+        };
+        assert_eq!(
+            states[at],
+            Some(expected),
+            "reconnect={reconnect}: an on_disconnect handler must not see the client connected"
+        );
+    }
 }

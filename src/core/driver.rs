@@ -143,6 +143,12 @@ impl Driver {
                                 b.connection_ended(started.elapsed());
                             }
                             self.session.connection_lost(&e, Instant::now());
+                            // Before the event: its handlers must not see the client connected.
+                            self.set_state(if backoff.is_some() {
+                                State::Reconnecting
+                            } else {
+                                State::Closing
+                            });
                             self.event(ClientEvent::Disconnected {
                                 reason: e.disconnect_reason(),
                                 error: Some(e.clone()),

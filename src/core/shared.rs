@@ -101,7 +101,7 @@ pub enum State {
     Connected = 2,
     /// Connection lost; reconnecting.
     Reconnecting = 3,
-    /// `disconnect()` under way.
+    /// `disconnect()` under way, or a lost connection that will not be retried winding down.
     Closing = 4,
 }
 
