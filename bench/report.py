@@ -10,7 +10,7 @@ import os
 import platform
 import statistics
 import subprocess
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import local_core
@@ -310,16 +310,16 @@ def _fleet_table(summary: Summary, scenarios: tuple[Scenario, ...], lines: list[
 
 
 def targets(summary: Summary, scenarios: tuple[Scenario, ...]) -> list[tuple[str, str, bool | None]]:
-    """(target, measured, met) for the project's performance targets; met is None when
-    not measured."""
+    """(target, measured, met) for the project's performance targets (the numbered ones are
+    issue 12's); met is None when not measured (scenario not run)."""
     out: list[tuple[str, str, bool | None]] = []
 
     def get(sc: str, client: str, key: str) -> float | None:
         return summary.get(sc, {}).get(client, {}).get(key)
 
     def ratio_target(label: str, sc: str, ref: str, key: str, limit: float,
-                     at_least: bool) -> None:
-        mine, theirs = get(sc, "awsiot_rs", key), get(sc, ref, key)
+                     at_least: bool, ref_sc: str | None = None) -> None:
+        mine, theirs = get(sc, "awsiot_rs", key), get(ref_sc or sc, ref, key)
         r = _ratio(mine, theirs)
         if r is None:
             out.append((label, "not measured", None))
@@ -333,12 +333,24 @@ def targets(summary: Summary, scenarios: tuple[Scenario, ...]) -> list[tuple[str
                  "libmosquitto", "msg_per_s", 0.95, True)
     ratio_target("mTLS QoS 0 publish ≥ 0.95× native (`pub_qos0_mtls`, msg/s)",
                  "pub_qos0_mtls", "mosquitto_pub", "msg_per_s", 0.95, True)
-    ratio_target("QoS 1 publish ≥ raw writer (`pub_qos1`, msg/s)", "pub_qos1", "raw",
+    # 1. Round trip, through a callback (`latency`) and through `async for` (`latency_iter`,
+    # whose raw reference is the `latency` row of the same run).
+    for name, how in (("latency", "callback"), ("latency_iter", "`async for`")):
+        ratio_target(f"1. round trip p50 ≤ 1.2× raw, {how} (`{name}`, µs)", name, "raw",
+                     "p50_us", 1.2, False, "latency")
+        ratio_target(f"1. round trip p99 ≤ 1.5× raw, {how} (`{name}`, µs)", name, "raw",
+                     "p99_us", 1.5, False, "latency")
+    # 2. Awaited QoS 1 publishes (windows of --window) against raw's rate; CPU against gmqtt.
+    ratio_target("2. awaited QoS 1 publish ≥ 1.0× raw (`pub_qos1`, msg/s)", "pub_qos1", "raw",
                  "msg_per_s", 1.0, True)
-    ratio_target("QoS 1 publish ≥ raw writer (`pub_qos1_16k`, msg/s)", "pub_qos1_16k", "raw",
-                 "msg_per_s", 1.0, True)
+    ratio_target("2. awaited QoS 1 publish ≥ 1.0× raw (`pub_qos1_16k`, msg/s)", "pub_qos1_16k",
+                 "raw", "msg_per_s", 1.0, True)
+    for name in ("pub_qos0", "pub_qos1"):
+        ratio_target(f"2. client CPU/msg ≤ 0.5× gmqtt (`{name}`)", name, "gmqtt",
+                     "us_cpu_per_msg", 0.5, False)
     for sc in scenarios:
-        if sc.kind not in THROUGHPUT_KINDS or sc.compare_to or sc.name not in summary:
+        if sc.kind not in THROUGHPUT_KINDS or sc.compare_to or sc.name not in summary \
+                or sc.name in ("pub_qos0", "pub_qos1"):
             continue
         row = summary[sc.name]
         peers = {c: row[c] for c in PEERS if c in row and row[c].get("us_cpu_per_msg")}
@@ -346,13 +358,13 @@ def targets(summary: Summary, scenarios: tuple[Scenario, ...]) -> list[tuple[str
         if best:
             ratio_target(f"CPU/msg ≤ 0.5× best peer (`{sc.name}`)", sc.name, best,
                          "us_cpu_per_msg", 0.5, False)
-    ratio_target("latency p50 ≤ 1.2× raw (`latency`)", "latency", "raw", "p50_us", 1.2, False)
-    big = next((sc for sc in sorted(scenarios, key=lambda s: -s.count)
-                if sc.kind == "scale" and "awsiot_rs" in summary.get(sc.name, {})), None)
-    if big is not None:
+    # 3. Memory per idle connection, at every scale row that ran (1 000 and 10 000).
+    for big in sorted((sc for sc in scenarios if sc.kind == "scale"
+                       and "awsiot_rs" in summary.get(sc.name, {})), key=lambda sc: sc.count):
         s = summary[big.name]["awsiot_rs"]
         kib = s.get("kib_per_conn")
-        out.append((f"{big.count:,} connections: ≤ 10 KiB RSS per connection",
+        out.append((f"3. {big.count:,} idle connections: ≤ 10 KiB RSS per connection "
+                    f"(`{big.name}`)",
                     f"{_fmt_num(kib)} KiB" if kib is not None else "not measured",
                     None if kib is None else kib <= 10.0))
         ratio_target(f"{big.count:,} connections: connect-all ≤ 2× raw", big.name, "raw",
@@ -361,25 +373,89 @@ def targets(summary: Summary, scenarios: tuple[Scenario, ...]) -> list[tuple[str
         out.append((f"{big.count:,} connections: every one receives its message",
                     f"{d:,}/{big.count:,} (min of runs)" if d is not None else "not measured",
                     None if d is None else d >= big.count))
+    # 4. Fleet simulation.
     fleet = next((sc for sc in scenarios if sc.kind == "fleet"
                   and "awsiot_rs" in summary.get(sc.name, {})), None)
     if fleet is not None:
         s = summary[fleet.name]["awsiot_rs"]
-        ratio_target(f"fleet ({fleet.count:,} connections): CPU ≤ 1.0× raw", fleet.name, "raw",
+        k = fleet.count
+        ratio_target(f"4. fleet ({k:,} connections): client CPU ≤ 1.0× raw", fleet.name, "raw",
                      "us_cpu_per_msg", 1.0, False)
         p99 = s.get("p99_ms")
-        out.append((f"fleet ({fleet.count:,} connections): PUBACK p99 ≤ 20 ms",
+        out.append((f"4. fleet ({k:,} connections): PUBACK p99 ≤ 20 ms",
                     f"{_fmt_num(p99, 2)} ms" if p99 is not None else "not measured",
                     None if p99 is None else p99 <= 20.0))
-        out.append((f"fleet ({fleet.count:,} connections): every publish acknowledged",
+        out.append((f"4. fleet ({k:,} connections): every publish acknowledged",
                     f"{s['min_count']:,}/{s['messages']:,} (min of runs)",
                     s["min_count"] >= s["messages"]))
     return out
 
 
-def markdown(summary: Summary, meta: dict[str, Any], scenarios: tuple[Scenario, ...]) -> str:
+#: The figures target 5 compares, per scenario kind: (summary key, True if higher is better).
+REGRESSION_FIGURES: dict[str, tuple[tuple[str, bool], ...]] = {
+    "pub_qos0": (("msg_per_s", True), ("us_cpu_per_msg", False)),
+    "pub_qos1": (("msg_per_s", True), ("us_cpu_per_msg", False)),
+    "recv": (("msg_per_s", True), ("us_cpu_per_msg", False)),
+    "latency": (("p50_us", False), ("p99_us", False), ("us_cpu_per_msg", False)),
+    "scale": (("seconds", False), ("kib_per_conn", False)),
+    "fleet": (("us_cpu_per_msg", False), ("p99_ms", False)),
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One awsiot_rs figure of this run against the baseline, both as a ratio to raw in their
+    own run (absolute figures do not carry across machines or loads; ratios mostly do)."""
+
+    scenario: str
+    figure: str
+    before: float
+    after: float
+    #: How much worse the ratio got (0.10 = 10 % worse; negative = better).
+    worse_by: float
+
+
+def compare(summary: Summary, base: Summary, scenarios: tuple[Scenario, ...]) -> list[Change]:
+    """awsiot_rs's ratios to raw, this run against ``base``, for every scenario and figure
+    (``REGRESSION_FIGURES``) measured in both."""
+    out: list[Change] = []
+
+    def ratio(sm: Summary, sc: Scenario, key: str) -> float | None:
+        row = sm.get(sc.name, {})
+        ref_row = row if "raw" in row else sm.get(sc.compare_to or "", {})
+        return _ratio(row.get("awsiot_rs", {}).get(key), ref_row.get("raw", {}).get(key))
+
+    for sc in scenarios:
+        for key, higher_better in REGRESSION_FIGURES.get(sc.kind, ()):
+            after, before = ratio(summary, sc, key), ratio(base, sc, key)
+            if after is None or before is None:
+                continue
+            worse = before / after - 1 if higher_better else after / before - 1
+            out.append(Change(sc.name, key, before, after, worse))
+    return out
+
+
+def regression_target(changes: list[Change], base_meta: dict[str, Any],
+                      tolerance: float) -> tuple[str, str, bool | None]:
+    """Target 5: no figure's ratio to raw more than ``tolerance`` worse than the baseline's."""
+    label = (f"5. no regression: no ratio to raw > {tolerance:.0%} worse than the baseline "
+             f"({base_meta.get('date', '?')})")
+    if not changes:
+        return label, "nothing measured in both runs", None
+    worse = [c for c in changes if c.worse_by > tolerance]
+    if not worse:
+        best = min(changes, key=lambda c: c.worse_by)
+        return label, (f"{len(changes)} figures compared, none worse (best: `{best.scenario}` "
+                       f"{best.figure} {best.worse_by:+.0%})"), True
+    listed = ", ".join(f"`{c.scenario}` {c.figure} {c.worse_by:+.0%}" for c in worse[:6])
+    return label, f"{len(worse)} of {len(changes)} worse: {listed}", False
+
+
+def markdown(summary: Summary, meta: dict[str, Any], scenarios: tuple[Scenario, ...],
+             baseline: dict[str, Any] | None = None, tolerance: float = 0.15) -> str:
     """The Markdown report: tables (throughput and CPU, latency, scale, the embedded core vs
-    Mosquitto), targets, details."""
+    Mosquitto), targets (with target 5 against ``baseline``, a former run's JSON, when given),
+    details."""
     v = meta["versions"]
     lines = [
         f"{meta['cpu']}, {meta['cpu_count']} cores (client on core {meta['client_core']}, "
@@ -418,12 +494,25 @@ def markdown(summary: Summary, meta: dict[str, Any], scenarios: tuple[Scenario, 
         _fleet_table(summary, scenarios, lines)
     lines += local_core.markdown_lines(summary, meta, scenarios)
     tg = targets(summary, scenarios)
+    changes: list[Change] = []
+    if baseline is not None:
+        changes = compare(summary, baseline.get("summary", {}), scenarios)
+        tg.append(regression_target(changes, baseline.get("meta", {}), tolerance))
     if any(met is not None for _, _, met in tg):
         lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
         for label, measured, met in tg:
             mark = "–" if met is None else ("yes" if met else "**no**")
             lines.append(f"| {label} | {measured} | {mark} |")
         lines.append("")
+    if changes:
+        lines += [f"<details><summary>5. Against the baseline ({len(changes)} figures; "
+                  "ratio = awsiot_rs / raw in the same run)</summary>", "",
+                  "| scenario | figure | baseline ratio | this run | change |", "|---|---|---|---|---|"]
+        for ch in changes:
+            mark = " **worse**" if ch.worse_by > tolerance else ""
+            lines.append(f"| `{ch.scenario}` | {ch.figure} | ×{ch.before:.2f} | "
+                         f"×{ch.after:.2f} | {ch.worse_by:+.0%}{mark} |")
+        lines += ["", "</details>", ""]
     lines.append("Scenarios: " + "; ".join(f"`{s.name}`: {s.description}" for s in scenarios
                                            if s.name in summary))
     lines.append("")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import shutil
@@ -61,6 +62,8 @@ from support.mosquitto import HOST, Mosquitto, MosquittoError, find_mosquitto  #
 
 WORKERS_PY = os.path.join(HERE, "workers.py")
 NATIVE_SRC = os.path.join(HERE, "native", "mosq_recv.c")
+#: Target 5's reference: the summary of a full run (``--save-baseline``).
+BASELINE = os.path.join(HERE, "baseline.json")
 
 #: The broker's settings on top of the test suite's defaults: errors only in its log, a
 #: queue deep enough for every message of a run, and TCP_NODELAY (without it mosquitto's
@@ -443,6 +446,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "delivery before counting")
     p.add_argument("--repeat", type=int, default=3, help="runs per (scenario, client)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
+    p.add_argument("--baseline", default=BASELINE,
+                   help="a former run's JSON to check target 5 (no regression) against; "
+                        "'' for none (default: bench/baseline.json, a full run on the project's "
+                        "2-core machine)")
+    p.add_argument("--tolerance", type=float, default=0.15,
+                   help="target 5: how much worse a ratio to raw may get (default 0.15 = 15 %%)")
+    p.add_argument("--save-baseline", action="store_true",
+                   help="write this run's summary to --baseline, for later runs to compare with")
     p.add_argument("--scenarios", default=None,
                    help="comma-separated subset, e.g. pub_qos0,latency; groups: "
                         "payload_16k, scale, local (the embedded core vs mosquitto)")
@@ -714,9 +725,17 @@ def main(argv: list[str]) -> int:
     for (name, client), why in skipped.items():
         summary.setdefault(name, {})[client] = {"reps": 0, "ok_reps": 0, "errors": [],
                                                 "min_count": 0, "messages": 0, "skipped": why}
-    md = report.markdown(summary, meta, scenarios)
+    baseline = None
+    if args.baseline and os.path.exists(args.baseline) and not args.save_baseline:
+        with open(args.baseline) as f:
+            baseline = json.load(f)
+    md = report.markdown(summary, meta, scenarios, baseline, args.tolerance)
     print(md)
     path = report.write(args.out, meta, summary, runs, md)
+    if args.save_baseline and args.baseline:
+        with open(args.baseline, "w") as f:
+            json.dump({"meta": meta, "summary": summary}, f, indent=1)
+        print(f"baseline saved to {args.baseline}", file=sys.stderr)
     print(f"wrote {path} and .md ({meta['elapsed_s']:.0f} s)", file=sys.stderr)
     return 130 if interrupted else 0
 
