@@ -97,7 +97,7 @@ class Dispatcher:
         self.done.set_result(None)
         self._waiter: threading.Thread | None = None
         try:
-            # fileno() raises NotImplementedError off Unix (no socketpair there), add_reader on
+            # fileno() raises NotImplementedError off Unix (no descriptor there), add_reader on
             # loops that cannot watch file descriptors (Proactor, some third-party loops).
             loop.add_reader(native.fileno(), self._on_readable)
         except NotImplementedError:

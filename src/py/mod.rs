@@ -9,6 +9,8 @@ mod message;
 mod notifier;
 mod runtime;
 mod subscription;
+#[cfg(unix)]
+mod wakeup_fd;
 
 use std::time::Duration;
 

@@ -10,9 +10,9 @@
 //!
 //! The wake-up itself comes in two kinds, fixed when the notifier is made:
 //!
-//! - **reader** (Unix, the default): a socketpair. The wake-up is one byte written to it; the
-//!   loop watches the read end with `loop.add_reader`. Nothing but the loop thread ever takes
-//!   the GIL.
+//! - **reader** (Unix, the default): a file descriptor made readable (an eventfd on Linux, a
+//!   socketpair elsewhere: `wakeup_fd.rs`); the loop watches it with `loop.add_reader`.
+//!   Nothing but the loop thread ever takes the GIL.
 //! - **threadsafe** (`Notifier(threadsafe=True)`; the only kind off Unix): for loops that cannot
 //!   watch a file descriptor (Windows' Proactor loop, any loop whose `add_reader` raises
 //!   `NotImplementedError`). The wake-up sets a "pending" flag under a small mutex and signals a
@@ -42,12 +42,6 @@
 //! woken after that, PyO3 parks it when it re-attaches (instead of CPython's `pthread_exit`
 //! unwinding across Rust frames), and the process exits around it.
 
-#[cfg(unix)]
-use std::io::{Read, Write};
-#[cfg(unix)]
-use std::os::fd::AsRawFd;
-#[cfg(unix)]
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
@@ -61,6 +55,8 @@ use pyo3::IntoPyObjectExt;
 use crate::core::{ClientEvent, ConnectInfo, Error, Reply, Wake};
 use crate::py::errors;
 use crate::py::logging;
+#[cfg(unix)]
+use crate::py::wakeup_fd::WakeupFd;
 
 /// The value an operation completes with.
 pub enum Output {
@@ -95,12 +91,9 @@ enum Item {
 
 /// How an idle→signalled transition reaches the loop.
 enum WakeUp {
-    /// Reader mode: one byte on a socketpair whose read end the loop watches (`add_reader`).
+    /// Reader mode: a descriptor the loop watches (`add_reader`), made readable to wake it.
     #[cfg(unix)]
-    Socket {
-        reader: UnixStream,
-        writer: UnixStream,
-    },
+    Fd(WakeupFd),
     /// Threadsafe mode: the dispatcher's waiter thread blocks on this (`wait()`).
     Waiter(Waiter),
 }
@@ -192,10 +185,7 @@ impl Inner {
         if !self.signalled.swap(true, Ordering::AcqRel) {
             match &self.wakeup {
                 #[cfg(unix)]
-                WakeUp::Socket { writer, .. } => {
-                    // A full socket buffer means a wake-up is already pending: nothing to do.
-                    let _ = (&*writer).write(&[1]);
-                }
+                WakeUp::Fd(fd) => fd.wake(),
                 WakeUp::Waiter(waiter) => waiter.wake(),
             }
         }
@@ -206,7 +196,7 @@ impl Inner {
         match &self.wakeup {
             WakeUp::Waiter(waiter) => Some(waiter),
             #[cfg(unix)]
-            WakeUp::Socket { .. } => None,
+            WakeUp::Fd(_) => None,
         }
     }
 }
@@ -270,22 +260,19 @@ pub fn reply<T: Send + 'static>(inner: &Arc<Inner>, token: u64, map: fn(T) -> Ou
     Box::new(move |result: crate::core::Result<T>| pending.finish(result.map(map)))
 }
 
-/// The wake-up of a new notifier: a socketpair unless `threadsafe` is asked for.
+/// The wake-up of a new notifier: a file descriptor unless `threadsafe` is asked for.
 #[cfg(unix)]
 fn new_wakeup(threadsafe: bool) -> PyResult<WakeUp> {
     if threadsafe {
         return Ok(WakeUp::Waiter(Waiter::default()));
     }
-    let (reader, writer) =
-        UnixStream::pair().map_err(|e| PyOSError::new_err(format!("socketpair: {e}")))?;
-    reader
-        .set_nonblocking(true)
-        .and_then(|()| writer.set_nonblocking(true))
-        .map_err(|e| PyOSError::new_err(format!("socketpair: {e}")))?;
-    Ok(WakeUp::Socket { reader, writer })
+    let fd = WakeupFd::new().map_err(|e| {
+        PyOSError::new_err(format!("cannot create the loop's wake-up descriptor: {e}"))
+    })?;
+    Ok(WakeUp::Fd(fd))
 }
 
-/// The wake-up of a new notifier: off Unix there is no socketpair, always the waiter.
+/// The wake-up of a new notifier: off Unix there is no file descriptor, always the waiter.
 #[cfg(not(unix))]
 #[allow(clippy::unnecessary_wraps)]
 fn new_wakeup(_threadsafe: bool) -> PyResult<WakeUp> {
@@ -297,17 +284,12 @@ fn new_wakeup(_threadsafe: bool) -> PyResult<WakeUp> {
 const OPS_PER_ITEM: usize = 256;
 
 impl Notifier {
-    /// Reader mode: reads the pending wake-up byte(s), if any, so that the loop stops seeing the
-    /// socket readable. Nothing to do in threadsafe mode (`wait()` takes its wake-up).
+    /// Reader mode: takes the pending wake-up, if any, so that the loop stops seeing the
+    /// descriptor readable. Nothing to do in threadsafe mode (`wait()` takes its wake-up).
     fn consume_wakeup(&self) {
         #[cfg(unix)]
-        if let WakeUp::Socket { reader, .. } = &self.inner.wakeup {
-            let mut sink = [0u8; 512];
-            while let Ok(n) = (&*reader).read(&mut sink) {
-                if n < sink.len() {
-                    break;
-                }
-            }
+        if let WakeUp::Fd(fd) = &self.inner.wakeup {
+            fd.consume();
         }
     }
 }
@@ -339,7 +321,7 @@ impl Notifier {
     fn fileno(&self) -> PyResult<i32> {
         match &self.inner.wakeup {
             #[cfg(unix)]
-            WakeUp::Socket { reader, .. } => Ok(reader.as_raw_fd()),
+            WakeUp::Fd(fd) => Ok(fd.fd()),
             WakeUp::Waiter(_) => Err(PyNotImplementedError::new_err(
                 "a threadsafe notifier has no file descriptor: use wait()",
             )),
@@ -382,10 +364,10 @@ impl Notifier {
         // checks once more afterwards so nothing pushed in between is missed.
         let mut items = std::mem::take(&mut *self.inner.lock());
         if items.is_empty() {
-            // The wake-up byte is consumed here, on re-arming, and nowhere else: while the
-            // notifier stays signalled no producer writes, so a drain that finds items needs no
-            // read (one syscall less per wake-up). Read before `signalled` is cleared: a byte
-            // written after the store belongs to the next wake-up and must stay.
+            // The wake-up is consumed here, on re-arming, and nowhere else: while the notifier
+            // stays signalled no producer writes, so a drain that finds items needs no read
+            // (one syscall less per wake-up). Read before `signalled` is cleared: a wake-up
+            // written after the store belongs to the next round and must stay.
             self.consume_wakeup();
             self.inner.signalled.store(false, Ordering::Release);
             items = std::mem::take(&mut *self.inner.lock());
