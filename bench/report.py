@@ -24,7 +24,8 @@ Summary = dict[str, dict[str, dict[str, Any]]]
 _MEDIAN_EXTRAS = ("submit_msg_per_s", "queue_full_retries", "p50_us", "p90_us", "p99_us",
                   "max_us", "mean_us", "switches_per_rt", "kib_per_conn", "rss0_kib", "rss1_kib", "arrived",
                   "deliver_s", "close_s", "threads", "broker_nofile", "p50_ms", "p99_ms",
-                  "max_ms", "sent", "acked", "cpu_s", "connect_s")
+                  "max_ms", "sent", "acked", "cpu_s", "connect_s", "switches_per_msg",
+                  "us_loop_per_msg", "us_other_per_msg")
 
 
 def summarize(runs: list[Run], scenarios: tuple[Scenario, ...]) -> Summary:
@@ -288,19 +289,22 @@ def _fleet_table(summary: Summary, scenarios: tuple[Scenario, ...], lines: list[
         return False
     row = summary[sc.name]
     lines.append("| client | connections | published (min acked of runs) | CPU s | CPU µs/msg | "
+                 "of which loop thread / other threads | context switches/msg | "
                  "PUBACK p50 ms | PUBACK p99 ms | PUBACK max ms | RSS after connect, MiB | "
                  "CPU vs raw | CPU vs gmqtt |")
-    lines.append("|" + "---|" * 11)
+    lines.append("|" + "---|" * 13)
     raw, gm = row.get("raw", {}), row.get("gmqtt", {})
     for client, s in row.items():
         if "us_cpu_per_msg" not in s:
             err = (s["errors"][0].splitlines()[0] if s["errors"] else "failed")[:120]
-            lines.append(f"| {client} | failed: {err} | | | | | | | | | |")
+            lines.append(f"| {client} | failed: {err} |" + " |" * 11)
             continue
         mine = s["us_cpu_per_msg"]
         lines.append(
             f"| {client} | {sc.count:,} | {s['messages']:,} ({s['min_count']:,}) | "
             f"{_fmt_num(s.get('cpu_s'), 2)} | {_fmt_num(mine, 1)} | "
+            f"{_fmt_num(s.get('us_loop_per_msg'), 1)} / {_fmt_num(s.get('us_other_per_msg'), 1)} | "
+            f"{_fmt_num(s.get('switches_per_msg'), 2)} | "
             f"{_fmt_num(s.get('p50_ms'), 2)} | {_fmt_num(s.get('p99_ms'), 2)} | "
             f"{_fmt_num(s.get('max_ms'), 1)} | {_fmt_num((s.get('rss1_kib') or 0) / 1024, 0)} | "
             f"{_fmt_ratio(_ratio(mine, raw.get('us_cpu_per_msg')))} | "

@@ -406,7 +406,11 @@ class Bench:
         run.us_cpu_per_msg = run.cpu_s / max(res.get("sent") or 1, 1) * 1e6
         run.extra = {key: res.get(key) for key in (
             "sent", "acked", "failed", "cpu_s", "p50_ms", "p99_ms", "max_ms", "connect_s", "rss0_kib",
-            "rss1_kib", "rss2_kib", "schedule_late_max_ms", "close_error", "affinity")}
+            "rss1_kib", "rss2_kib", "schedule_late_max_ms", "close_error", "affinity",
+            "switches_per_msg")}
+        if res.get("loop_cpu_s") is not None and res.get("sent"):
+            run.extra["us_loop_per_msg"] = res["loop_cpu_s"] / res["sent"] * 1e6
+            run.extra["us_other_per_msg"] = run.us_cpu_per_msg - run.extra["us_loop_per_msg"]
         if res.get("error"):
             run.error = res["error"]
         elif run.count < run.messages:

@@ -77,6 +77,18 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def loop_thread_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process's main thread (the asyncio
+    loop's, in every worker); ``cpu() - loop_thread_cpu()`` is the other threads' (awsiot_rs's
+    tokio threads). 0.0 where ``/proc`` has no per-thread figures."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def switches() -> int:
     """Context switches (voluntary + involuntary) so far, all threads of this process."""
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -1236,7 +1248,7 @@ async def run_fleet(
     late_max = 0.0
     if error is None:
         await asyncio.sleep(0.5)
-        start, c0 = now(), cpu()
+        start, c0, l0, s0 = now(), cpu(), loop_thread_cpu(), switches()
         duration = ctx.duration
         total = k * duration
         step = 1.0 / k
@@ -1259,9 +1271,10 @@ async def run_fleet(
         t_sent = now()
         while acks.acked + acks.failed < acks.sent and now() - t_sent < 10:
             await asyncio.sleep(0.01)
-        t1, c1 = now(), cpu()
+        t1, c1, l1, s1 = now(), cpu(), loop_thread_cpu(), switches()
     else:
-        start = t1 = c0 = c1 = 0.0
+        start = t1 = c0 = c1 = l0 = l1 = 0.0
+        s0 = s1 = 0
     samples = sorted(acks.samples)
 
     def pct(q: float) -> float | None:
@@ -1272,6 +1285,8 @@ async def run_fleet(
     result: dict[str, Any] = {
         "count": k, "duration": ctx.duration, "sent": acks.sent, "acked": acks.acked,
         "failed": acks.failed, "seconds": t1 - start, "cpu_s": c1 - c0,
+        # Where the CPU goes: the loop thread and the others, and the context switches.
+        "loop_cpu_s": l1 - l0, "switches_per_msg": (s1 - s0) / acks.sent if acks.sent else None,
         "connect_s": connect_s, "rss0_kib": rss0, "rss1_kib": rss1, "rss2_kib": rss_kib(),
         "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
         "schedule_late_max_ms": late_max * 1e3, "error": error,
