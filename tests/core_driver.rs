@@ -544,3 +544,58 @@ async fn a_lost_connection_is_no_longer_connected_when_its_disconnected_event_is
         );
     }
 }
+
+/// A QoS 0 publish submitted before `disconnect()` goes out before DISCONNECT even when the
+/// driver takes both commands in one wake-up (here: both wait while the write buffer is above
+/// its high-water mark). It used to be accepted into the outbox and then dropped unsent by the
+/// graceful disconnect: `awsiot-rs pub --qos 0` reported "sent" for a message the broker never
+/// received (the CLI test's `sub --count 4` then waited forever for it).
+#[tokio::test(start_paused = true)]
+async fn a_publish_taken_in_the_same_burst_as_disconnect_is_written_before_it() {
+    let mut h = harness_with_buffer(4096, |c| c.reconnect = None);
+    let mut peer = connect(&mut h, false).await;
+    // 1.2 MiB of QoS 0 publishes: more than the write buffer's high-water mark, so the driver
+    // stops taking commands until the broker reads.
+    let filler = 300;
+    for _ in 0..filler {
+        h.client
+            .publish(
+                "t".into(),
+                Bytes::from(vec![0u8; 4096]),
+                QoS::AtMostOnce,
+                false,
+                None,
+            )
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Both wait in the channel now, so the driver will take them in one burst.
+    h.client
+        .publish(
+            "last".into(),
+            Bytes::from_static(b"last"),
+            QoS::AtMostOnce,
+            false,
+            None,
+        )
+        .unwrap();
+    let (r, disconnected) = reply();
+    h.client.disconnect(r);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut topics = Vec::new();
+    let mut saw_disconnect = false;
+    while let Some(p) = peer.read().await {
+        match p {
+            Packet::Publish(p) => {
+                assert!(!saw_disconnect, "a PUBLISH after DISCONNECT");
+                topics.push(p.topic);
+            }
+            Packet::Disconnect => saw_disconnect = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    disconnected.await.unwrap().unwrap();
+    assert!(saw_disconnect, "the graceful DISCONNECT was written");
+    assert_eq!(topics.len(), filler + 1, "every publish was written");
+    assert_eq!(topics.last().map(String::as_str), Some("last"));
+}

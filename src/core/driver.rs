@@ -362,21 +362,32 @@ impl Driver {
         }
     }
 
+    /// Writes DISCONNECT after what was submitted before it, then stops serving.
     async fn graceful_disconnect(&mut self, wr: &mut WriteHalf<Stream>, reply: Option<Reply<()>>) {
-        self.session.disconnect();
-        let link = &mut self.session.link;
-        let shared = &self.shared;
-        let flush = async {
-            while !link.wbuf.is_empty() || link.needs_flush {
-                let n = write_some(wr, &mut link.wbuf, &mut link.needs_flush).await?;
-                crate::core::shared::add(&shared.stats.bytes_sent, n);
+        // Commands taken in the same burst as the Disconnect are only in the outbox: write
+        // them first, as the serving loop does before each turn (as if the Disconnect had come
+        // in a wake-up of its own). Without this a QoS 0 publish submitted just before
+        // disconnect() was dropped unsent (and unreported: nobody awaits it).
+        match self.session.fill() {
+            Ok(()) => {
+                self.session.disconnect();
+                let link = &mut self.session.link;
+                let shared = &self.shared;
+                let flush = async {
+                    while !link.wbuf.is_empty() || link.needs_flush {
+                        let n = write_some(wr, &mut link.wbuf, &mut link.needs_flush).await?;
+                        crate::core::shared::add(&shared.stats.bytes_sent, n);
+                    }
+                    wr.shutdown().await
+                };
+                match tokio::time::timeout(DISCONNECT_FLUSH, flush).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log::debug!("DISCONNECT not fully written: {e}"),
+                    Err(_) => log::debug!("DISCONNECT not written within {DISCONNECT_FLUSH:?}"),
+                }
             }
-            wr.shutdown().await
-        };
-        match tokio::time::timeout(DISCONNECT_FLUSH, flush).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::debug!("DISCONNECT not fully written: {e}"),
-            Err(_) => log::debug!("DISCONNECT not written within {DISCONNECT_FLUSH:?}"),
+            // As in the serving loop, an encoding failure ends the connection as it is.
+            Err(e) => log::warn!("closing without DISCONNECT: {e}"),
         }
         log::info!("client {}: disconnected", self.cfg().client_id);
         self.shutdown(reply);
