@@ -197,6 +197,21 @@ fn publish(h: &Harness, payload: &'static str) -> oneshot::Receiver<_native::cor
     done
 }
 
+/// Submits `count` QoS 0 publishes of 4 KiB each (nobody awaits them).
+fn queue_qos0_4k(h: &Harness, count: usize) {
+    for _ in 0..count {
+        h.client
+            .publish(
+                "t".into(),
+                Bytes::from(vec![0u8; 4096]),
+                QoS::AtMostOnce,
+                false,
+                None,
+            )
+            .unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn pings_go_out_at_keep_alive_and_a_silent_broker_is_detected_within_one_and_a_half() {
     let mut h = harness(|c| {
@@ -440,17 +455,7 @@ async fn a_ping_queued_behind_slow_writes_is_timed_from_when_it_is_written() {
     let mut peer = connect(&mut h, false).await;
     // 200 KiB of QoS 0 publishes through a link that takes 4 KiB per 100 ms: 5 s of writing,
     // so the PINGREQ due after 2 s waits behind ~120 KiB for ~3 s.
-    for _ in 0..50 {
-        h.client
-            .publish(
-                "t".into(),
-                Bytes::from(vec![0u8; 4096]),
-                QoS::AtMostOnce,
-                false,
-                None,
-            )
-            .unwrap();
-    }
+    queue_qos0_4k(&h, 50);
     let (mut publishes, mut pinged) = (0, false);
     let mut chunk = vec![0u8; 4096];
     while publishes < 50 || !pinged {
@@ -557,17 +562,7 @@ async fn a_publish_taken_in_the_same_burst_as_disconnect_is_written_before_it() 
     // 1.2 MiB of QoS 0 publishes: more than the write buffer's high-water mark, so the driver
     // stops taking commands until the broker reads.
     let filler = 300;
-    for _ in 0..filler {
-        h.client
-            .publish(
-                "t".into(),
-                Bytes::from(vec![0u8; 4096]),
-                QoS::AtMostOnce,
-                false,
-                None,
-            )
-            .unwrap();
-    }
+    queue_qos0_4k(&h, filler);
     tokio::time::sleep(Duration::from_millis(10)).await;
     // Both wait in the channel now, so the driver will take them in one burst.
     h.client
