@@ -33,9 +33,10 @@ use crate::core::traffic_log::{Direction, Entry, TrafficLog};
 pub(crate) const WBUF_HIGH: usize = 1 << 20;
 /// Stop taking new commands while this many operations wait for a packet id.
 pub(crate) const OUTBOX_HIGH: usize = 65_536;
-/// Initial read buffer room; buffers grow (doubling) only when traffic needs it, so idle
-/// connections stay small.
-const BUFFER_START: usize = 1024;
+/// The least free room in the read buffer before a read. Below it the buffer doubles, so it
+/// grows only when traffic needs it: an idle connection keeps the handshake's 512 B buffer
+/// (the connection's largest idle allocation after the task itself).
+const READ_ROOM: usize = 256;
 /// At most one "unrouted messages" warning per this interval.
 const UNROUTED_WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -376,8 +377,8 @@ impl Session {
     /// Makes room in the read buffer (doubling) before the next read.
     pub(crate) fn reserve_read(&mut self) {
         let rbuf = &mut self.link.rbuf;
-        if rbuf.capacity() - rbuf.len() < BUFFER_START {
-            let grow = rbuf.capacity().max(BUFFER_START);
+        if rbuf.capacity() - rbuf.len() < READ_ROOM {
+            let grow = rbuf.capacity().max(READ_ROOM);
             rbuf.reserve(grow);
         }
     }
@@ -1502,6 +1503,28 @@ mod tests {
         assert!(
             done.lock().unwrap().is_empty(),
             "still in flight, not condemned"
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_keeps_its_small_read_buffer_and_traffic_doubles_it() {
+        let mut s = session(|_| {});
+        // As the handshake leaves it: 512 B, nothing pending.
+        s.link.rbuf = BytesMut::with_capacity(512);
+        s.reserve_read();
+        assert_eq!(
+            s.link.rbuf.capacity(),
+            512,
+            "an idle connection allocates nothing more"
+        );
+        // A read filled it but for less than the least room: the next read gets twice as much.
+        s.link.rbuf.extend_from_slice(&[0u8; 400]);
+        s.reserve_read();
+        assert!(
+            s.link.rbuf.capacity() - s.link.rbuf.len() >= 512,
+            "capacity {} with {} pending",
+            s.link.rbuf.capacity(),
+            s.link.rbuf.len()
         );
     }
 }
