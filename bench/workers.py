@@ -1031,9 +1031,11 @@ async def run_scale(
     close_all: Callable[[], Any],
     arrived: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
-    """Opens ``--count`` connections (``await open_one(i, deliveries)``: connect and
-    subscribe to ``<topic>/<i>``), at most ``--concurrency`` at a time; reports time, CPU and
-    RSS growth; emits ``ready``; then counts the message the helper publishes to each topic
+    """Opens one warm-up connection (index ``--count``, to a topic nothing is published to),
+    so that what a library allocates once per process (runtime threads, dispatchers, first
+    imports) is not charged to the connections; then ``--count`` connections
+    (``await open_one(i, deliveries)``: connect and subscribe to ``<topic>/<i>``), at most
+    ``--concurrency`` at a time; reports time, CPU and RSS growth; emits ``ready``; then counts the message the helper publishes to each topic
     until all are in, or ``--idle`` s after the orchestrator's "published" line without
     progress, or ``--timeout``. ``arrived()`` (optional) counts messages that reached the
     client library but not (yet) the application."""
@@ -1049,10 +1051,15 @@ async def run_scale(
             await open_one(i, deliveries)
             opened += 1
 
+    error = None
+    try:
+        await asyncio.wait_for(open_one(k, deliveries), ctx.timeout)
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        error = f"warm-up connection: {type(e).__name__}: {e}"
+    await asyncio.sleep(0.2)
     rss0 = rss_kib()
     t0, c0 = now(), cpu()
-    error = None
-    tasks = [asyncio.ensure_future(one(i)) for i in range(k)]
+    tasks = [asyncio.ensure_future(one(i)) for i in range(k)] if error is None else []
     try:
         await asyncio.wait_for(asyncio.gather(*tasks), ctx.timeout)
     except Exception as e:  # noqa: BLE001 - reported, not raised
