@@ -287,12 +287,19 @@ impl Driver {
             return SessionEnd::Lost(e);
         }
         let space = Arc::clone(&self.shared.space);
+        // One timer for the whole connection (the earlier of the keep-alive and the next
+        // operation deadline), re-armed lazily (see `LazyDeadline`): the keep-alive deadline
+        // moves later with every write, and making new timers on every turn cost timer-wheel
+        // insertions and removals per turn.
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        let mut timer = LazyDeadline { sleep, armed: None };
         loop {
             if let Err(e) = self.session.fill() {
                 return SessionEnd::Lost(e);
             }
             let ka_deadline = self.session.keep_alive_deadline();
-            let deadline = self.session.next_deadline();
+            timer.want(earliest(ka_deadline, self.session.next_deadline()));
             let take_commands = self.session.can_take_commands();
             let want_write = self.session.wants_write();
             let owes_acks = self.session.owes_acks();
@@ -343,12 +350,17 @@ impl Driver {
                         }
                     }
                 }
-                () = sleep_until_opt(ka_deadline) => {
-                    if let Err(e) = self.session.on_keep_alive(Instant::now()) {
-                        return SessionEnd::Lost(e);
+                () = timer.fired() => {
+                    // Armed for the earlier of two deadlines, perhaps one that has moved since:
+                    // handle what is due, if anything.
+                    let now = Instant::now();
+                    if ka_deadline.is_some_and(|d| d <= now) {
+                        if let Err(e) = self.session.on_keep_alive(now) {
+                            return SessionEnd::Lost(e);
+                        }
                     }
+                    self.session.expire(now);
                 }
-                () = sleep_until_opt(deadline) => self.session.expire(Instant::now()),
                 () = space.notified(), if owes_acks => self.session.release_acks(),
             }
         }
@@ -391,6 +403,46 @@ impl Driver {
         }
         log::info!("client {}: disconnected", self.cfg().client_id);
         self.shutdown(reply);
+    }
+}
+
+/// A deadline timer that is re-armed only when the wanted deadline comes earlier than the
+/// armed one, or after it fired. A deadline that only moves later (the keep-alive, after
+/// every write) costs no timer operation per turn: the timer fires at the old time, the
+/// caller sees that nothing is due yet, and the next turn arms the new time. Callers must
+/// therefore check what is due when it fires.
+struct LazyDeadline<'a> {
+    /// Not polled (so not registered with the timer) until `want` arms it.
+    sleep: std::pin::Pin<&'a mut tokio::time::Sleep>,
+    armed: Option<Instant>,
+}
+
+impl LazyDeadline<'_> {
+    /// The deadline the caller wants now (`None`: none; an armed timer is left to fire early).
+    fn want(&mut self, deadline: Option<Instant>) {
+        if let Some(d) = deadline {
+            if self.armed.is_none_or(|a| d < a) {
+                self.sleep.as_mut().reset(d);
+                self.armed = Some(d);
+            }
+        }
+    }
+
+    /// Completes when the armed time is reached (never while nothing is armed), disarming.
+    async fn fired(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
