@@ -5,8 +5,8 @@
 //! On Linux it is an `eventfd` (a kernel counter: an 8-byte write to wake, an 8-byte read to
 //! reset), elsewhere a non-blocking socketpair (one byte written, every byte read back). Both
 //! behave the same for the notifier; the eventfd is cheaper on both sides (no socket buffer to
-//! allocate per wake-up: `bench/README.md` has the measurement), which matters because a
-//! quiet loop pays one wake-up per result.
+//! allocate and free per wake-up), which matters because a quiet loop pays one wake-up per
+//! result.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
