@@ -37,7 +37,7 @@ TESTS_DIR = os.path.join(os.path.dirname(HERE), "tests")
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-HOST = "127.0.0.1"
+from workers import HOST, rss_kib  # noqa: E402
 
 
 class _MallInfo2(ctypes.Structure):
@@ -56,14 +56,6 @@ def c_heap() -> int:
     f.restype = _MallInfo2
     m = f()
     return int(m.uordblks + m.hblkhd)
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 async def measure(port: int, count: int, trace: bool) -> dict[str, Any]:

@@ -591,6 +591,18 @@ async def _gmqtt_connect(ctx: Ctx, on_message: Callable[..., Any] | None = None)
     return client
 
 
+async def _gmqtt_connect_subscribed(ctx: Ctx, client: Any, topic: str, qos: int) -> None:
+    """Connects ``client`` (plain TCP, MQTT 3.1.1, keep-alive 60) and subscribes it to
+    ``topic``, returning at the SUBACK (the ``scale`` and ``fleet`` connections)."""
+    from gmqtt.mqtt.constants import MQTTv311
+
+    await client.connect(HOST, ctx.port, keepalive=60, version=MQTTv311)
+    subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client.on_subscribe = lambda c, mid, granted, props: resolve(subscribed)
+    client.subscribe(topic, qos=qos)
+    await subscribed
+
+
 @worker("gmqtt", "pub_qos0")
 async def gmqtt_pub_qos0(ctx: Ctx) -> dict[str, Any]:
     """``client.publish(qos=0)`` (synchronous, writes to the transport) in a loop."""
@@ -1175,10 +1187,8 @@ async def gmqtt_scale(ctx: Ctx) -> dict[str, Any]:
     """``gmqtt.Client``, ``await connect()``, ``subscribe()`` + wait for ``on_subscribe``
     per connection; ``on_message`` counts."""
     import gmqtt
-    from gmqtt.mqtt.constants import MQTTv311
 
     clients: list[Any] = []
-    loop = asyncio.get_running_loop()
 
     async def open_one(i: int, deliveries: Deliveries) -> None:
         on_message = deliveries.on_message
@@ -1190,11 +1200,7 @@ async def gmqtt_scale(ctx: Ctx) -> dict[str, Any]:
         client = gmqtt.Client(f"{ctx.client_id}-{i}")
         client.on_message = handler
         clients.append(client)
-        await client.connect(HOST, ctx.port, keepalive=60, version=MQTTv311)
-        subscribed: asyncio.Future[None] = loop.create_future()
-        client.on_subscribe = lambda c, mid, qos, props: resolve(subscribed)
-        client.subscribe(f"{ctx.topic}/{i}", qos=0)
-        await subscribed
+        await _gmqtt_connect_subscribed(ctx, client, f"{ctx.topic}/{i}", 0)
 
     async def close_all() -> None:
         await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
@@ -1350,11 +1356,9 @@ async def gmqtt_fleet(ctx: Ctx) -> dict[str, Any]:
     ``publish(tele_i, qos=1)``; the PUBACK is seen where gmqtt drops the message from its
     in-flight storage (``remove_message_by_mid``)."""
     import gmqtt
-    from gmqtt.mqtt.constants import MQTTv311
     from gmqtt.storage import PersistentStorage
 
     clients: list[Any] = []
-    loop = asyncio.get_running_loop()
     payload = ctx.payload
     topics = [f"{ctx.topic}/tele/{i}" for i in range(ctx.count)]
     acks_ref: list[FleetAcks] = []
@@ -1381,11 +1385,7 @@ async def gmqtt_fleet(ctx: Ctx) -> dict[str, Any]:
         c = gmqtt.Client(f"{ctx.client_id}-{i}", persistent_storage=Timed())
         c.on_message = handler
         clients.append(c)
-        await c.connect(HOST, ctx.port, keepalive=60, version=MQTTv311)
-        subscribed: asyncio.Future[None] = loop.create_future()
-        c.on_subscribe = lambda cl, mid, qos, props: resolve(subscribed)
-        c.subscribe(f"{ctx.topic}/cmd/{i}", qos=1)
-        await subscribed
+        await _gmqtt_connect_subscribed(ctx, c, f"{ctx.topic}/cmd/{i}", 1)
 
     def fire(i: int, acks: FleetAcks) -> None:
         if not acks_ref:
